@@ -1,0 +1,409 @@
+"""The :class:`Interval` type: a box ``[lower, upper]`` over torch tensors.
+
+An :class:`Interval` keeps whichever representation the last rule produced, endpoints
+``(lower, upper)`` or centre/radius ``(center, radius)``, and derives the other lazily on first use
+and caches it. Linear maps are cheapest in centre/radius form (``W c + b``, ``|W| r``), monotone
+activations in endpoint form; keeping both avoids converting back and forth needlessly.
+
+It speaks torch's ``__torch_function__`` protocol: any torch function with a registered rule
+accepts an ``Interval`` wherever it accepts a tensor, so an unmodified ``nn.Module`` maps an input
+box to an output box (interval bound propagation). Functions without a rule raise
+:class:`~intervals.errors.UnsupportedOperation`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import rounding
+from .errors import IntervalError, check_no_nan, check_nonnegative, check_order
+from .registry import RULES, func_name
+from .errors import UnsupportedOperation
+
+__all__ = ["Interval", "TensorOrInterval"]
+
+_Scalar = numbers.Number
+
+
+def _as_tensor(x: Any, what: str, like: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, Interval):
+        raise IntervalError(f"{what} must be a tensor, got an Interval")
+    try:
+        if like is not None:
+            return torch.as_tensor(x, dtype=like.dtype, device=like.device)
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise IntervalError(f"{what} must be a tensor or array-like, got {type(x).__name__}") from exc
+    if not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
+    return t
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], where: str) -> None:
+    if a.shape != b.shape:
+        raise IntervalError(
+            f"{where}: {names[0]} and {names[1]} shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
+        )
+    if a.dtype != b.dtype:
+        raise IntervalError(f"{where}: {names[0]} and {names[1]} dtypes differ: {a.dtype} vs {b.dtype}")
+    if a.device != b.device:
+        raise IntervalError(f"{where}: {names[0]} and {names[1]} devices differ: {a.device} vs {b.device}")
+    if not a.is_floating_point():
+        raise IntervalError(f"{where}: bounds must be floating point, got {a.dtype}")
+
+
+class Interval:
+    """A box ``[lower, upper]`` of tensors with sound rules for torch functions.
+
+    Args:
+        lower: lower endpoints (tensor or array-like).
+        upper: upper endpoints, same shape, dtype and device; defaults to ``lower`` (a point).
+
+    Raises:
+        IntervalError: (a ``ValueError``) on NaN, ``lower > upper``, or mismatched
+            shape/dtype/device, naming the count and the first offending index.
+
+    Example:
+        >>> import torch
+        >>> from intervals import Interval
+        >>> x = Interval(torch.tensor([-1.0, 0.5]), torch.tensor([2.0, 1.0]))
+        >>> y = torch.relu(x) * 2 + 1
+        >>> y.lower, y.upper
+        (tensor([1., 2.]), tensor([5., 3.]))
+        >>> layer = torch.nn.Linear(2, 3)
+        >>> layer(x).shape
+        torch.Size([3])
+    """
+
+    __slots__ = ("_l", "_u", "_c", "_r", "_rig", "__weakref__")
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, lower: Any, upper: Any = None) -> None:
+        lo = _as_tensor(lower, "Interval lower")
+        hi = lo if upper is None else _as_tensor(upper, "Interval upper", like=None)
+        _check_pair(lo, hi, ("lower", "upper"), "Interval")
+        check_no_nan(lo, "Interval lower")
+        if hi is not lo:
+            check_no_nan(hi, "Interval upper")
+            check_order(lo, hi, "Interval")
+        self._l, self._u, self._c, self._r = lo, hi, None, None
+        self._rig = rounding.is_rigorous()
+
+    @classmethod
+    def _from_lu(cls, lower: torch.Tensor, upper: torch.Tensor) -> "Interval":
+        # Trusted constructor used by rules: no validation, no synchronisation.
+        self = object.__new__(cls)
+        self._l, self._u, self._c, self._r = lower, upper, None, None
+        self._rig = rounding.is_rigorous()
+        return self
+
+    @classmethod
+    def _from_cr(cls, center: torch.Tensor, radius: torch.Tensor) -> "Interval":
+        self = object.__new__(cls)
+        self._l, self._u, self._c, self._r = None, None, center, radius
+        self._rig = rounding.is_rigorous()
+        return self
+
+    @classmethod
+    def from_center_radius(cls, center: Any, radius: Any) -> "Interval":
+        """The box ``[center - radius, center + radius]``; ``radius`` broadcasts to ``center``.
+
+        Example:
+            >>> Interval.from_center_radius(torch.zeros(2), 0.5).upper
+            tensor([0.5000, 0.5000])
+        """
+        c = _as_tensor(center, "center")
+        r = _as_tensor(radius, "radius", like=c)
+        check_no_nan(c, "center")
+        check_nonnegative(r, "radius")
+        try:
+            r = r.expand_as(c)
+        except RuntimeError:
+            raise IntervalError(
+                f"from_center_radius: radius shape {tuple(r.shape)} does not broadcast to center shape {tuple(c.shape)}"
+            ) from None
+        _check_pair(c, r, ("center", "radius"), "from_center_radius")
+        return cls._from_cr(c, r)
+
+    @classmethod
+    def point(cls, x: Any) -> "Interval":
+        """The degenerate box ``[x, x]``."""
+        t = _as_tensor(x, "point")
+        check_no_nan(t, "point")
+        return cls._from_lu(t, t)
+
+    @classmethod
+    def linf_ball(
+        cls, x: Any, eps: Any, lo: Any | None = None, hi: Any | None = None
+    ) -> "Interval":
+        """The L-infinity ball ``{x' : |x' - x|_inf <= eps}``, clamped to ``[lo, hi]`` when given.
+
+        ``eps`` may be a float or a tensor broadcastable to ``x`` (per-sample or per-pixel radii);
+        ``lo``/``hi`` are the input domain (e.g. 0 and 1 for images) and must contain ``x``.
+
+        Example:
+            >>> b = Interval.linf_ball(torch.tensor([0.05, 0.5]), 0.1, lo=0.0, hi=1.0)
+            >>> b.lower
+            tensor([0.0000, 0.4000])
+        """
+        t = _as_tensor(x, "linf_ball x")
+        check_no_nan(t, "linf_ball x")
+        e = _as_tensor(eps, "eps", like=t)
+        check_nonnegative(e, "eps")
+        lower, upper = t - e, t + e
+        if rounding.is_rigorous():
+            lower, upper = rounding.down(lower), rounding.up(upper)
+        if lo is not None:
+            lo_t = _as_tensor(lo, "lo", like=t)
+            _check_domain(t < lo_t, "below lo")
+            lower = torch.maximum(lower, lo_t)
+        if hi is not None:
+            hi_t = _as_tensor(hi, "hi", like=t)
+            _check_domain(t > hi_t, "above hi")
+            upper = torch.minimum(upper, hi_t)
+        return cls._from_lu(lower, upper.expand_as(lower) if upper.shape != lower.shape else upper)
+
+    # ------------------------------------------------------------------ representations
+    @property
+    def lower(self) -> torch.Tensor:
+        """Lower endpoints."""
+        if self._l is None:
+            low = self._c - self._r
+            self._l = rounding.down(low) if self._rig else low
+        return self._l
+
+    @property
+    def upper(self) -> torch.Tensor:
+        """Upper endpoints."""
+        if self._u is None:
+            high = self._c + self._r
+            self._u = rounding.up(high) if self._rig else high
+        return self._u
+
+    @property
+    def center(self) -> torch.Tensor:
+        """Midpoints ``(lower + upper) / 2`` (computed without overflow)."""
+        if self._c is None:
+            self._c = torch.add(self._l * 0.5, self._u, alpha=0.5)
+        return self._c
+
+    @property
+    def radius(self) -> torch.Tensor:
+        """Half-widths; ``[center - radius, center + radius]`` contains ``[lower, upper]``."""
+        if self._r is None:
+            if self._rig:
+                c = self.center
+                self._r = rounding.up(torch.maximum(self._u - c, c - self._l))
+            else:
+                self._r = torch.sub(self._u * 0.5, self._l, alpha=0.5)
+        return self._r
+
+    @property
+    def width(self) -> torch.Tensor:
+        """``upper - lower``."""
+        w = self.upper - self.lower
+        return rounding.up(w) if self._rig else w
+
+    def _any(self) -> torch.Tensor:
+        return self._l if self._l is not None else self._c
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._any().shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._any().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._any().device
+
+    @property
+    def ndim(self) -> int:
+        return self._any().dim()
+
+    @property
+    def requires_grad(self) -> bool:
+        return any(t is not None and t.requires_grad for t in (self._l, self._u, self._c, self._r))
+
+    def dim(self) -> int:
+        return self._any().dim()
+
+    def size(self, dim: int | None = None) -> Any:
+        return self._any().size() if dim is None else self._any().size(dim)
+
+    def numel(self) -> int:
+        return self._any().numel()
+
+    def __len__(self) -> int:
+        return len(self._any())
+
+    def is_point(self) -> bool:
+        """True if every element is degenerate (``lower == upper``)."""
+        return bool(torch.equal(self.lower, self.upper))
+
+    # ------------------------------------------------------------------ set operations
+    def contains(self, x: "torch.Tensor | Interval | float") -> torch.Tensor:
+        """Elementwise membership: a bool tensor, True where ``x`` (or a box ``x``) lies inside."""
+        if isinstance(x, Interval):
+            return (self.lower <= x.lower) & (x.upper <= self.upper)
+        return (self.lower <= x) & (x <= self.upper)
+
+    def intersection(self, other: "Interval") -> "Interval":
+        """The elementwise intersection; raises :class:`IntervalError` if it is empty anywhere."""
+        lo = torch.maximum(self.lower, other.lower)
+        hi = torch.minimum(self.upper, other.upper)
+        check_order(lo, hi, "intersection is empty")
+        return Interval._from_lu(lo, hi)
+
+    def hull(self, other: "Interval | torch.Tensor") -> "Interval":
+        """The smallest box containing both ``self`` and ``other``."""
+        olo, ohi = (other.lower, other.upper) if isinstance(other, Interval) else (other, other)
+        return Interval._from_lu(torch.minimum(self.lower, olo), torch.maximum(self.upper, ohi))
+
+    # ------------------------------------------------------------------ tensor plumbing
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Interval":
+        out = object.__new__(Interval)
+        out._l, out._u, out._c, out._r = (None if t is None else fn(t) for t in (self._l, self._u, self._c, self._r))
+        out._rig = self._rig
+        return out
+
+    def to(self, *args: Any, **kwargs: Any) -> "Interval":
+        """Move/cast like ``Tensor.to``. Casting to a narrower dtype rounds outward in rigorous mode."""
+        out = Interval._from_lu(self.lower.to(*args, **kwargs), self.upper.to(*args, **kwargs))
+        if rounding.is_rigorous() and out.dtype != self.dtype and out.dtype.is_floating_point:
+            lo, hi = rounding.cast_outward(self.lower.to(torch.float64), self.upper.to(torch.float64), out.dtype)
+            out = Interval._from_lu(lo.to(out.device), hi.to(out.device))
+        return out
+
+    def double(self) -> "Interval":
+        return self.to(torch.float64)
+
+    def float(self) -> "Interval":
+        return self.to(torch.float32)
+
+    def cpu(self) -> "Interval":
+        return self._apply(lambda t: t.cpu())
+
+    def cuda(self, *args: Any, **kwargs: Any) -> "Interval":
+        return self._apply(lambda t: t.cuda(*args, **kwargs))
+
+    def detach(self) -> "Interval":
+        return self._apply(torch.Tensor.detach)
+
+    def clone(self) -> "Interval":
+        return self._apply(torch.Tensor.clone)
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Interval":
+        """Make the stored endpoint tensors leaves that require grad."""
+        for t in (self._l, self._u, self._c, self._r):
+            if t is not None and t.is_leaf:
+                t.requires_grad_(requires_grad)
+        return self
+
+    def __repr__(self) -> str:
+        lo, hi = self.lower.detach(), self.upper.detach()
+        if lo.numel() <= 8:
+            return f"Interval(lower={lo.tolist()}, upper={hi.tolist()}, dtype={self.dtype})"
+        return (
+            f"Interval(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}, "
+            f"lower in [{lo.min().item():.4g}, {lo.max().item():.4g}], "
+            f"upper in [{hi.min().item():.4g}, {hi.max().item():.4g}], "
+            f"max width {(hi - lo).max().item():.4g})"
+        )
+
+    def __bool__(self) -> bool:
+        raise UnsupportedOperation("Interval.__bool__", "the truth value of an interval is undefined")
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    # ------------------------------------------------------------------ torch protocol
+    @classmethod
+    def __torch_function__(
+        cls, func: Any, types: Sequence[type], args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        rule = RULES.get(func)
+        if rule is None:
+            raise UnsupportedOperation(func_name(func))
+        if kwargs:
+            return rule(*args, **kwargs)
+        return rule(*args)
+
+
+TensorOrInterval = "torch.Tensor | Interval"
+
+
+def _check_domain(mask: torch.Tensor, what: str) -> None:
+    from .errors import first_bad
+
+    bad = first_bad(mask)
+    if bad is not None:
+        count, index = bad
+        raise IntervalError(f"linf_ball: x lies {what} in {count} element(s), first at index {index}")
+
+
+def _call(func: Any) -> Callable[..., Any]:
+    def method(self: Interval, *args: Any, **kwargs: Any) -> Any:
+        return Interval.__torch_function__(func, (Interval,), (self, *args), kwargs)
+
+    method.__name__ = getattr(func, "__name__", "method")
+    method.__doc__ = f"Interval version of ``{func_name(func)}``."
+    return method
+
+
+def _reflected(func: Any) -> Callable[..., Any]:
+    def method(self: Interval, other: Any) -> Any:
+        return Interval.__torch_function__(func, (Interval,), (other, self), None)
+
+    return method
+
+
+# Tensor-like methods: dispatched through the same rules as their torch.* spellings, so one rule
+# serves ``x.relu()``, ``torch.relu(x)`` and ``F.relu(x)``.
+for _name in (
+    "reshape", "view", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "expand",
+    "expand_as", "contiguous", "sum", "mean", "abs", "exp", "log", "sqrt", "relu", "sigmoid",
+    "tanh", "clamp", "pow", "matmul", "softmax", "log_softmax", "neg", "square", "unbind", "t",
+    "split", "chunk", "repeat", "flip", "roll", "narrow", "select", "__getitem__", "add", "sub",
+    "mul", "div", "maximum", "minimum", "amax", "amin",
+):
+    setattr(Interval, _name, _call(getattr(torch.Tensor, _name)))
+
+for _name, _fn in (
+    ("__add__", torch.Tensor.add), ("__sub__", torch.Tensor.sub), ("__mul__", torch.Tensor.mul),
+    ("__truediv__", torch.Tensor.div), ("__matmul__", torch.Tensor.matmul),
+    ("__pow__", torch.Tensor.pow), ("__neg__", torch.Tensor.neg), ("__abs__", torch.Tensor.abs),
+):
+    setattr(Interval, _name, _call(_fn))
+
+for _name, _fn in (
+    ("__radd__", torch.Tensor.add), ("__rsub__", torch.Tensor.sub), ("__rmul__", torch.Tensor.mul),
+    ("__rtruediv__", torch.Tensor.div), ("__rmatmul__", torch.Tensor.matmul),
+):
+    setattr(Interval, _name, _reflected(_fn))
+
+Interval.__pos__ = lambda self: self  # type: ignore[attr-defined]
+Interval.T = property(lambda self: self.t())  # type: ignore[attr-defined]
+
+
+def _flatten(iv: Interval) -> tuple[list[torch.Tensor], None]:
+    return [iv.lower, iv.upper], None
+
+
+def _unflatten(children: list[torch.Tensor], _ctx: None) -> Interval:
+    return Interval._from_lu(children[0], children[1])
+
+
+try:  # pytree registration lets torch.func / torch.compile see through Intervals
+    from torch.utils import _pytree
+
+    _pytree.register_pytree_node(Interval, _flatten, _unflatten, serialized_type_name="intervals.Interval")
+except (ImportError, AttributeError, ValueError):  # pragma: no cover - older torch
+    pass

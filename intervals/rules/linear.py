@@ -1,0 +1,159 @@
+"""Bilinear rules: ``F.linear``, ``matmul``, ``F.conv1d/2d/3d``, ``F.conv_transpose1d/2d``.
+
+All of them are bilinear maps ``B(x, w)`` (sums of products), handled by one routine in
+centre/radius form. With ``x = xc + dx``, ``|dx| <= xr`` and ``w = wc + dw``, ``|dw| <= wr``::
+
+    B(x, w) - B(xc, wc) = B(dx, wc) + B(xc, dw) + B(dx, dw)
+    |B(x, w) - B(xc, wc)| <= B(xr, |wc|) + B(|xc| + xr, wr)
+
+so the output centre is ``B(xc, wc)`` and the radius ``B(xr, |wc|) + B(|xc| + xr, wr)`` (Rump's
+midpoint-radius product): two GEMMs/convolutions for point weights, three for interval weights,
+each at GEMM speed. It is at most 1.5x wider than the exact interval product and exact when either
+factor is a point.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import rounding
+from ..registry import implements
+from ._common import Interval, is_iv
+
+_T = torch.Tensor
+Bilinear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _parts(v: Any) -> tuple[Any, Any]:
+    """(centre, radius) of an Interval, (v, None) for a tensor/None."""
+    if is_iv(v):
+        return v.center, v.radius
+    return v, None
+
+
+def bilinear(op: Bilinear, x: Any, w: Any, bias: Any = None, *, terms: int, add_bias: Callable | None = None) -> Interval:
+    """Sound image of the bilinear map ``op(x, w) (+ bias)`` with interval or point arguments.
+
+    Args:
+        op: the bilinear function on plain tensors, without bias.
+        x, w: an :class:`Interval` or a tensor each (at least one of x, w, bias an Interval).
+        bias: optional tensor or Interval added to the output (broadcast by ``add_bias``).
+        terms: length of the dot product behind each output (rigorous-mode error bound).
+        add_bias: ``(out, b) -> out + b`` with the right broadcasting (default: plain ``+``).
+    """
+    if add_bias is None:
+        add_bias = torch.add
+    if rounding.is_rigorous():
+        return _bilinear_rigorous(op, x, w, bias, terms, add_bias)
+    xc, xr = _parts(x)
+    wc, wr = _parts(w)
+    bc, br = _parts(bias)
+    c = op(xc, wc)
+    if xr is not None and wr is not None:
+        r = op(xr, wc.abs()) + op(xc.abs() + xr, wr)
+    elif xr is not None:
+        r = op(xr, wc.abs())
+    elif wr is not None:
+        r = op(xc.abs(), wr)
+    else:
+        r = torch.zeros_like(c)
+    if bc is not None:
+        c = add_bias(c, bc)
+        if br is not None:
+            r = add_bias(r, br)
+    return Interval._from_cr(c, r)
+
+
+def _bilinear_rigorous(op: Bilinear, x: Any, w: Any, bias: Any, terms: int, add_bias: Callable) -> Interval:
+    # Computed centre c^ = fl(B(xc, wc) + bc) satisfies |c^ - c| <= g (B(|xc|, |wc|) + |bc|) with
+    # g = gamma_{n+1} (Higham, any summation order). The radius terms are sums of non-negative
+    # products, so each computed value is >= exact * (1 - gamma_{n+6}); dividing that out (via
+    # the factor 1 + 2 gamma) and adding an underflow allowance gives a certain upper bound.
+    xc, xr = _parts(x)
+    wc, wr = _parts(w)
+    bc, br = _parts(bias)
+    dtype = (xc if isinstance(xc, torch.Tensor) else wc).dtype
+    g = rounding.gamma(terms + 1, dtype)
+    inflate = 1.0 + 2.0 * rounding.gamma(terms + 6, dtype)
+    tiny = 4 * (terms + 6) * rounding.denorm_min(dtype)
+    with rounding.summation_guard():
+        c = op(xc, wc)
+        xr_eff = xc.abs() * g if xr is None else xr + xc.abs() * g
+        rad = op(xr_eff, wc.abs())
+        if wr is not None:
+            rad = rad + op(xc.abs() if xr is None else xc.abs() + xr, wr)
+    if bc is not None:
+        c = add_bias(c, bc)
+        rad = add_bias(rad, bc.abs() * g + (br if br is not None else 0.0))
+    rad = rounding.up(rad * inflate + tiny)
+    return Interval._from_lu(rounding.down(c - rad), rounding.up(c + rad))
+
+
+# ---------------------------------------------------------------------------- linear / matmul
+@implements(F.linear)
+def _linear(x: Any, weight: Any, bias: Any = None) -> Interval:
+    if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous():
+        # Point weights: centre through the plain layer (bias folded in), radius through |W|.
+        c = F.linear(x.center, weight, bias)
+        return Interval._from_cr(c, F.linear(x.radius, weight.abs()))
+    return bilinear(F.linear, x, weight, bias, terms=weight.shape[-1])
+
+
+def _inner_dim(a: Any) -> int:
+    return a.shape[-1]
+
+
+@implements(torch.matmul, _T.matmul, _T.__matmul__, torch.mm, _T.mm, torch.bmm, _T.bmm)
+def _matmul(a: Any, b: Any) -> Interval:
+    return bilinear(torch.matmul, a, b, terms=_inner_dim(a))
+
+
+@implements(_T.__rmatmul__)
+def _rmatmul(a: Any, b: Any) -> Interval:
+    return bilinear(torch.matmul, b, a, terms=_inner_dim(b))
+
+
+# ---------------------------------------------------------------------------- convolutions
+def _channel_bias(nd: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def add(out: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return out + b.reshape((-1,) + (1,) * nd)
+
+    return add
+
+
+def _conv_rule(conv: Callable[..., torch.Tensor], nd: int):
+    def rule(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Interval:
+        op = lambda a, w: conv(a, w, None, stride, padding, dilation, groups)  # noqa: E731
+        terms = math.prod(weight.shape[1:])
+        if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous():
+            c = conv(x.center, weight, bias, stride, padding, dilation, groups)
+            return Interval._from_cr(c, op(x.radius, weight.abs()))
+        return bilinear(op, x, weight, bias, terms=terms, add_bias=_channel_bias(nd))
+
+    return rule
+
+
+implements(F.conv1d, torch.conv1d)(_conv_rule(F.conv1d, 1))
+implements(F.conv2d, torch.conv2d)(_conv_rule(F.conv2d, 2))
+implements(F.conv3d, torch.conv3d)(_conv_rule(F.conv3d, 3))
+
+
+def _conv_transpose_rule(conv_t: Callable[..., torch.Tensor], nd: int):
+    def rule(
+        x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+        output_padding: Any = 0, groups: int = 1, dilation: Any = 1,
+    ) -> Interval:
+        op = lambda a, w: conv_t(a, w, None, stride, padding, output_padding, groups, dilation)  # noqa: E731
+        # weight: (C_in, C_out/groups, *k); each output sums over C_in/groups * prod(k) products.
+        terms = (weight.shape[0] // groups) * math.prod(weight.shape[2:])
+        return bilinear(op, x, weight, bias, terms=terms, add_bias=_channel_bias(nd))
+
+    return rule
+
+
+implements(F.conv_transpose1d, torch.conv_transpose1d)(_conv_transpose_rule(F.conv_transpose1d, 1))
+implements(F.conv_transpose2d, torch.conv_transpose2d)(_conv_transpose_rule(F.conv_transpose2d, 2))

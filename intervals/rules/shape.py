@@ -1,0 +1,101 @@
+"""Structural rules: reshaping, indexing, concatenation, padding, dropout.
+
+These move or copy elements without changing values, so applying the same function to both
+endpoints (or to centre and radius) is exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UnsupportedOperation
+from ..registry import implements
+from ._common import Interval, endpoints
+
+_T = torch.Tensor
+
+
+def _elementwise_structural(func: Any):
+    def rule(x: Interval, *args: Any, **kwargs: Any) -> Interval:
+        return x._apply(lambda t: func(t, *args, **kwargs))
+
+    return rule
+
+
+for _fns in (
+    (torch.reshape, _T.reshape), (_T.view,), (torch.flatten, _T.flatten),
+    (torch.permute, _T.permute), (torch.transpose, _T.transpose), (torch.squeeze, _T.squeeze),
+    (torch.unsqueeze, _T.unsqueeze), (_T.expand,), (_T.contiguous,), (_T.__getitem__,),
+    (torch.flip, _T.flip), (torch.roll, _T.roll), (torch.narrow, _T.narrow),
+    (torch.select, _T.select), (torch.t, _T.t), (torch.movedim, _T.movedim),
+    (_T.repeat,), (torch.clone, _T.clone), (torch.tile, _T.tile),
+    (torch.swapaxes, _T.swapaxes), (torch.swapdims, _T.swapdims),
+):
+    implements(*_fns)(_elementwise_structural(_fns[0]))
+
+
+@implements(_T.expand_as)
+def _expand_as(x: Interval, other: Any) -> Interval:
+    return x._apply(lambda t: t.expand(other.shape))
+
+
+@implements(_T.view_as)
+def _view_as(x: Interval, other: Any) -> Interval:
+    return x._apply(lambda t: t.view(other.shape))
+
+
+@implements(_T.reshape_as)
+def _reshape_as(x: Interval, other: Any) -> Interval:
+    return x._apply(lambda t: t.reshape(other.shape))
+
+
+def _split_like(func: Any):
+    def rule(x: Interval, *args: Any, **kwargs: Any) -> tuple[Interval, ...]:
+        los, his = func(x.lower, *args, **kwargs), func(x.upper, *args, **kwargs)
+        return tuple(Interval._from_lu(a, b) for a, b in zip(los, his))
+
+    return rule
+
+
+implements(torch.unbind, _T.unbind)(_split_like(torch.unbind))
+implements(torch.split, _T.split)(_split_like(torch.split))
+implements(torch.chunk, _T.chunk)(_split_like(torch.chunk))
+
+
+def _joined(func: Any):
+    def rule(tensors: Sequence[Any], *args: Any, **kwargs: Any) -> Interval:
+        pairs = [endpoints(t) for t in tensors]
+        lo = func([p[0] for p in pairs], *args, **kwargs)
+        hi = func([p[1] for p in pairs], *args, **kwargs)
+        return Interval._from_lu(lo, hi)
+
+    return rule
+
+
+implements(torch.cat, torch.concat, torch.concatenate)(_joined(torch.cat))
+implements(torch.stack)(_joined(torch.stack))
+implements(torch.hstack)(_joined(torch.hstack))
+implements(torch.vstack)(_joined(torch.vstack))
+
+
+@implements(F.pad, torch._C._nn.pad)
+def _pad(x: Interval, pad: Sequence[int], mode: str = "constant", value: float | None = None) -> Interval:
+    return Interval._from_lu(F.pad(x.lower, pad, mode, value), F.pad(x.upper, pad, mode, value))
+
+
+def _dropout_rule(name: str):
+    def rule(x: Interval, p: float = 0.5, training: bool = True, inplace: bool = False) -> Interval:
+        if training and p > 0:
+            raise UnsupportedOperation(
+                name, "dropout in training mode draws a random mask; call model.eval() before bounding"
+            )
+        return x
+
+    return rule
+
+
+for _f in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout):
+    implements(_f)(_dropout_rule(f"torch.nn.functional.{_f.__name__}"))

@@ -1,0 +1,80 @@
+"""Sound ``softmax`` and ``log_softmax`` bounds.
+
+Per-endpoint mapping is not sound: ``softmax_i`` increases in ``x_i`` but decreases in every other
+``x_j``. The tight bound of coordinate ``i`` takes ``x_i`` at one end and all others at the other::
+
+    log_softmax_i >= l_i - log(exp(l_i) + sum_{j != i} exp(u_j))
+    log_softmax_i <= u_i - log(exp(u_i) + sum_{j != i} exp(l_j))
+
+Each is attained by a corner of the box, so the bound is exact per coordinate. The sums over
+``j != i`` are computed as exclusive prefix/suffix log-sum-exps (O(n) memory, no cancellation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import rounding
+from ..errors import UnsupportedOperation
+from ..registry import implements
+from ._common import Interval
+
+_T = torch.Tensor
+
+
+def _exclusive_logsumexp(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``log(sum_{j != i} exp(t_j))`` along ``dim`` for every ``i``."""
+    t = t.movedim(dim, -1)
+    ninf = torch.full_like(t[..., :1], -float("inf"))
+    prefix = torch.logcumsumexp(t, -1)
+    suffix = torch.logcumsumexp(t.flip(-1), -1).flip(-1)
+    before = torch.cat([ninf, prefix[..., :-1]], -1)
+    after = torch.cat([suffix[..., 1:], ninf], -1)
+    return torch.logaddexp(before, after).movedim(-1, dim)
+
+
+def log_softmax_bounds(x: Interval, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tight lower/upper bounds of ``log_softmax(x, dim)`` over the box ``x``."""
+    lo, hi = x.lower, x.upper
+    rigorous = rounding.is_rigorous()
+    if rigorous:
+        lo, hi = lo.to(torch.float64), hi.to(torch.float64)
+    lower = lo - torch.logaddexp(lo, _exclusive_logsumexp(hi, dim))
+    upper = hi - torch.logaddexp(hi, _exclusive_logsumexp(lo, dim))
+    upper = torch.clamp(upper, max=0.0)  # log of a probability
+    if rigorous:
+        # float64 log-sum-exp error: a few ulps per term; widen by (n + 8) * 4 ulps relative.
+        n = x.shape[dim]
+        tol = (n + 8) * 4 * 2.0**-52
+        lower = lower - tol * (1 + lower.abs())
+        upper = torch.clamp(upper + tol * (1 + upper.abs()), max=0.0)
+        lower, upper = rounding.cast_outward(lower, upper, x.dtype)
+    return lower, upper
+
+
+def _dim_of(name: str, dim: Any) -> int:
+    if dim is None:
+        raise UnsupportedOperation(name, "pass dim explicitly")
+    return dim
+
+
+def _log_softmax(x: Interval, dim: Any = None, _stacklevel: int = 3, dtype: torch.dtype | None = None) -> Interval:
+    if dtype is not None:
+        x = x.to(dtype)
+    return Interval._from_lu(*log_softmax_bounds(x, _dim_of("log_softmax", dim)))
+
+
+def _softmax(x: Interval, dim: Any = None, _stacklevel: int = 3, dtype: torch.dtype | None = None) -> Interval:
+    if dtype is not None:
+        x = x.to(dtype)
+    lo, hi = log_softmax_bounds(x, _dim_of("softmax", dim))
+    if rounding.is_rigorous():
+        return Interval._from_lu(*rounding.outward_unary(torch.exp, lo, hi))
+    return Interval._from_lu(torch.exp(lo), torch.exp(hi).clamp(max=1.0))
+
+
+implements(F.log_softmax, torch.log_softmax, _T.log_softmax)(_log_softmax)
+implements(F.softmax, torch.softmax, _T.softmax)(_softmax)
