@@ -57,6 +57,21 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], where:
         raise IntervalError(f"{where}: bounds must be floating point, got {a.dtype}")
 
 
+def _require_float(t: torch.Tensor, where: str) -> None:
+    if not t.is_floating_point():
+        raise IntervalError(f"{where}: x must be floating point, got {t.dtype}")
+
+
+def _broadcast_to(t: torch.Tensor, shape: torch.Size, what: str, where: str) -> torch.Tensor:
+    try:
+        out = t.expand(shape)
+    except RuntimeError:
+        raise IntervalError(
+            f"{where}: {what} shape {tuple(t.shape)} does not broadcast to x shape {tuple(shape)}"
+        ) from None
+    return out
+
+
 class Interval:
     """A box ``[lower, upper]`` of tensors with sound rules for torch functions.
 
@@ -134,6 +149,7 @@ class Interval:
     def point(cls, x: Any) -> "Interval":
         """The degenerate box ``[x, x]``."""
         t = _as_tensor(x, "point")
+        _require_float(t, "point")
         check_no_nan(t, "point")
         return cls._from_lu(t, t)
 
@@ -152,21 +168,33 @@ class Interval:
             tensor([0.0000, 0.4000])
         """
         t = _as_tensor(x, "linf_ball x")
+        # An integer x would silently truncate eps (0.5 -> 0): refuse instead of shrinking the box.
+        _require_float(t, "linf_ball")
         check_no_nan(t, "linf_ball x")
         e = _as_tensor(eps, "eps", like=t)
         check_nonnegative(e, "eps")
+        e = _broadcast_to(e, t.shape, "eps", "linf_ball")
         lower, upper = t - e, t + e
         if rounding.is_rigorous():
             lower, upper = rounding.down(lower), rounding.up(upper)
+        lo_t = hi_t = None
         if lo is not None:
             lo_t = _as_tensor(lo, "lo", like=t)
-            _check_domain(t < lo_t, "below lo")
-            lower = torch.maximum(lower, lo_t)
+            check_no_nan(lo_t, "linf_ball lo")
+            _broadcast_to(lo_t, t.shape, "lo", "linf_ball")
         if hi is not None:
             hi_t = _as_tensor(hi, "hi", like=t)
+            check_no_nan(hi_t, "linf_ball hi")
+            _broadcast_to(hi_t, t.shape, "hi", "linf_ball")
+        if lo_t is not None and hi_t is not None:
+            check_order(lo_t.expand(t.shape), hi_t.expand(t.shape), "linf_ball domain [lo, hi]")
+        if lo_t is not None:
+            _check_domain(t < lo_t, "below lo")
+            lower = torch.maximum(lower, lo_t)
+        if hi_t is not None:
             _check_domain(t > hi_t, "above hi")
             upper = torch.minimum(upper, hi_t)
-        return cls._from_lu(lower, upper.expand_as(lower) if upper.shape != lower.shape else upper)
+        return cls._from_lu(lower, upper)
 
     # ------------------------------------------------------------------ representations
     @property
@@ -372,7 +400,9 @@ for _name in (
     "expand_as", "contiguous", "sum", "mean", "abs", "exp", "log", "sqrt", "relu", "sigmoid",
     "tanh", "clamp", "pow", "matmul", "softmax", "log_softmax", "neg", "square", "unbind", "t",
     "split", "chunk", "repeat", "flip", "roll", "narrow", "select", "__getitem__", "add", "sub",
-    "mul", "div", "maximum", "minimum", "amax", "amin",
+    "mul", "div", "maximum", "minimum", "amax", "amin", "tile", "view_as", "reshape_as", "swapaxes",
+    "swapdims", "movedim", "moveaxis", "unflatten", "index_select", "gather", "take_along_dim",
+    "diagonal", "repeat_interleave",
 ):
     setattr(Interval, _name, _call(getattr(torch.Tensor, _name)))
 
@@ -391,6 +421,7 @@ for _name, _fn in (
 
 Interval.__pos__ = lambda self: self  # type: ignore[attr-defined]
 Interval.T = property(lambda self: self.t())  # type: ignore[attr-defined]
+Interval.mT = property(lambda self: self.transpose(-2, -1))  # type: ignore[attr-defined]
 
 
 def _flatten(iv: Interval) -> tuple[list[torch.Tensor], None]:

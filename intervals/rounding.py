@@ -94,13 +94,19 @@ def _straight_through(t: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
 
 
 def down(t: torch.Tensor) -> torch.Tensor:
-    """The next representable value toward -inf (one ulp down); gradient passes straight through."""
-    return _straight_through(t, torch.nextafter(t.detach(), t.new_full((), -_INF)))
+    """The next representable value toward -inf (one ulp down); gradient passes straight through.
+
+    A NaN (from ``inf - inf`` after an overflow) becomes ``-inf``: the true value is a finite
+    real, so the unbounded end is the sound lower bound.
+    """
+    moved = torch.nextafter(t.detach(), t.new_full((), -_INF))
+    return _straight_through(t, torch.nan_to_num(moved, nan=-_INF, posinf=_INF, neginf=-_INF))
 
 
 def up(t: torch.Tensor) -> torch.Tensor:
-    """The next representable value toward +inf (one ulp up); gradient passes straight through."""
-    return _straight_through(t, torch.nextafter(t.detach(), t.new_full((), _INF)))
+    """The next representable value toward +inf (one ulp up); NaN becomes ``+inf`` (see :func:`down`)."""
+    moved = torch.nextafter(t.detach(), t.new_full((), _INF))
+    return _straight_through(t, torch.nan_to_num(moved, nan=_INF, posinf=_INF, neginf=-_INF))
 
 
 _ROUNDOFF = {

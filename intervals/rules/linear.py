@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .. import rounding
+from .. import ops, rounding
 from ..registry import implements
 from ._common import Interval, is_iv
 
@@ -96,10 +96,13 @@ def _bilinear_rigorous(op: Bilinear, x: Any, w: Any, bias: Any, terms: int, add_
 # ---------------------------------------------------------------------------- linear / matmul
 @implements(F.linear)
 def _linear(x: Any, weight: Any, bias: Any = None) -> Interval:
-    if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous():
-        # Point weights: centre through the plain layer (bias folded in), radius through |W|.
-        c = F.linear(x.center, weight, bias)
-        return Interval._from_cr(c, F.linear(x.radius, weight.abs()))
+    if not rounding.is_rigorous() and is_iv(x):
+        if not is_iv(weight) and not is_iv(bias):
+            # Point weights: centre through the plain layer (bias folded in), radius through |W|.
+            return Interval._from_cr(*ops.interval_linear(x.center, x.radius, weight, bias))
+        if is_iv(weight):
+            bc, br = _parts(bias)
+            return Interval._from_cr(*ops.interval_linear_iw(x.center, x.radius, weight.center, weight.radius, bc, br))
     return bilinear(F.linear, x, weight, bias, terms=weight.shape[-1])
 
 

@@ -25,16 +25,21 @@ def _elementwise_structural(func: Any):
     return rule
 
 
-for _fns in (
-    (torch.reshape, _T.reshape), (_T.view,), (torch.flatten, _T.flatten),
-    (torch.permute, _T.permute), (torch.transpose, _T.transpose), (torch.squeeze, _T.squeeze),
-    (torch.unsqueeze, _T.unsqueeze), (_T.expand,), (_T.contiguous,), (_T.__getitem__,),
-    (torch.flip, _T.flip), (torch.roll, _T.roll), (torch.narrow, _T.narrow),
-    (torch.select, _T.select), (torch.t, _T.t), (torch.movedim, _T.movedim),
-    (_T.repeat,), (torch.clone, _T.clone), (torch.tile, _T.tile),
-    (torch.swapaxes, _T.swapaxes), (torch.swapdims, _T.swapdims),
+# Each spelling is registered with *its own* callable: ``Tensor.permute(1, 0)`` takes varargs but
+# ``torch.permute(t, (1, 0))`` does not, so replaying a method call through the ``torch.*``
+# function would reject valid calls.
+for _f in (
+    torch.reshape, _T.reshape, _T.view, torch.flatten, _T.flatten, torch.permute, _T.permute,
+    torch.transpose, _T.transpose, torch.squeeze, _T.squeeze, torch.unsqueeze, _T.unsqueeze,
+    _T.expand, _T.contiguous, _T.__getitem__, torch.flip, _T.flip, torch.roll, _T.roll,
+    torch.narrow, _T.narrow, torch.select, _T.select, torch.t, _T.t, torch.movedim, _T.movedim,
+    torch.moveaxis, _T.moveaxis, _T.repeat, torch.clone, _T.clone, torch.tile, _T.tile,
+    torch.swapaxes, _T.swapaxes, torch.swapdims, _T.swapdims, torch.unflatten, _T.unflatten,
+    torch.index_select, _T.index_select, torch.gather, _T.gather, torch.take_along_dim,
+    _T.take_along_dim, torch.fliplr, torch.flipud, torch.diagonal, _T.diagonal,
+    torch.repeat_interleave, _T.repeat_interleave,
 ):
-    implements(*_fns)(_elementwise_structural(_fns[0]))
+    implements(_f)(_elementwise_structural(_f))
 
 
 @implements(_T.expand_as)
@@ -60,9 +65,8 @@ def _split_like(func: Any):
     return rule
 
 
-implements(torch.unbind, _T.unbind)(_split_like(torch.unbind))
-implements(torch.split, _T.split)(_split_like(torch.split))
-implements(torch.chunk, _T.chunk)(_split_like(torch.chunk))
+for _f in (torch.unbind, _T.unbind, torch.split, _T.split, torch.chunk, _T.chunk):
+    implements(_f)(_split_like(_f))
 
 
 def _joined(func: Any):

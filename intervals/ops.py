@@ -1,0 +1,135 @@
+"""Custom torch ops for the interval layers that dominate IBP cost, registered with ``torch.library``.
+
+``hypercert::interval_linear``      centre/radius linear layer with point weights
+``hypercert::interval_linear_iw``   centre/radius linear layer with interval weights (Rump's product)
+
+Each has a pure-torch reference implementation (the CPU path, and what CI tests), a fake (meta)
+implementation so it composes with ``torch.compile``, and an explicit autograd formula. The
+backward formulas never materialise ``|W|`` gradients through an ``abs`` node; they use
+``sign(W)`` directly. Device-specific fused kernels (e.g. CUDA) register as further
+implementations of the same ops, so every caller dispatches to them transparently.
+
+Example:
+    >>> import torch
+    >>> from intervals.ops import interval_linear
+    >>> c, r = interval_linear(torch.zeros(2, 3), torch.ones(2, 3), torch.eye(3), None)
+    >>> r
+    tensor([[1., 1., 1.],
+            [1., 1., 1.]])
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["interval_linear", "interval_linear_iw"]
+
+
+def _flat2(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def _sum_to_bias(g: Tensor) -> Tensor:
+    return g.reshape(-1, g.shape[-1]).sum(0)
+
+
+# ---------------------------------------------------------------------------- point weights
+@torch.library.custom_op("hypercert::interval_linear", mutates_args=())
+def interval_linear(center: Tensor, radius: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """``(W c + b, |W| r)``: the image of the box ``[c - r, c + r]`` under ``x -> W x + b``."""
+    return F.linear(center, weight, bias), F.linear(radius, weight.abs())
+
+
+@interval_linear.register_fake
+def _interval_linear_fake(center: Tensor, radius: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    shape = (*center.shape[:-1], weight.shape[0])
+    return center.new_empty(shape), radius.new_empty(shape)
+
+
+def _interval_linear_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    center, radius, weight, bias = inputs
+    ctx.save_for_backward(center, radius, weight)
+    ctx.has_bias = bias is not None
+
+
+def _interval_linear_backward(ctx, grad_c: Tensor, grad_r: Tensor):  # noqa: ANN001, ANN202
+    center, radius, weight = ctx.saved_tensors
+    g_center = g_radius = g_weight = g_bias = None
+    if ctx.needs_input_grad[0]:
+        g_center = grad_c @ weight
+    if ctx.needs_input_grad[1]:
+        g_radius = grad_r @ weight.abs()
+    if ctx.needs_input_grad[2]:
+        gc, gr = _flat2(grad_c), _flat2(grad_r)
+        g_weight = gc.t() @ _flat2(center) + weight.sign() * (gr.t() @ _flat2(radius))
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        g_bias = _sum_to_bias(grad_c)
+    return g_center, g_radius, g_weight, g_bias
+
+
+interval_linear.register_autograd(_interval_linear_backward, setup_context=_interval_linear_setup)
+
+
+# ---------------------------------------------------------------------------- interval weights
+@torch.library.custom_op("hypercert::interval_linear_iw", mutates_args=())
+def interval_linear_iw(
+    x_center: Tensor,
+    x_radius: Tensor,
+    w_center: Tensor,
+    w_radius: Tensor,
+    b_center: Optional[Tensor],
+    b_radius: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Midpoint-radius product of an interval input and interval weights (and optional bias).
+
+    ``c = Wc xc + bc``, ``r = |Wc| xr + Wr (|xc| + xr) + br``: three GEMMs, sound, at most 1.5x wider
+    than the exact interval product (Rump 1999).
+    """
+    c = F.linear(x_center, w_center, b_center)
+    r = F.linear(x_radius, w_center.abs()) + F.linear(x_center.abs() + x_radius, w_radius)
+    if b_radius is not None:
+        r = r + b_radius
+    return c, r
+
+
+@interval_linear_iw.register_fake
+def _interval_linear_iw_fake(x_center, x_radius, w_center, w_radius, b_center, b_radius):  # noqa: ANN001, ANN202
+    shape = (*x_center.shape[:-1], w_center.shape[0])
+    return x_center.new_empty(shape), x_center.new_empty(shape)
+
+
+def _interval_linear_iw_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    x_center, x_radius, w_center, w_radius, b_center, b_radius = inputs
+    ctx.save_for_backward(x_center, x_radius, w_center, w_radius)
+    ctx.has_bc = b_center is not None
+    ctx.has_br = b_radius is not None
+
+
+def _interval_linear_iw_backward(ctx, grad_c: Tensor, grad_r: Tensor):  # noqa: ANN001, ANN202
+    xc, xr, wc, wr = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    g_xc = g_xr = g_wc = g_wr = g_bc = g_br = None
+    gr_wr = grad_r @ wr if (need[0] or need[1]) else None
+    if need[0]:
+        g_xc = grad_c @ wc + gr_wr * xc.sign()
+    if need[1]:
+        g_xr = grad_r @ wc.abs() + gr_wr
+    if need[2] or need[3]:
+        gc, gr = _flat2(grad_c), _flat2(grad_r)
+        fxc, fxr = _flat2(xc), _flat2(xr)
+        if need[2]:
+            g_wc = gc.t() @ fxc + wc.sign() * (gr.t() @ fxr)
+        if need[3]:
+            g_wr = gr.t() @ (fxc.abs() + fxr)
+    if ctx.has_bc and need[4]:
+        g_bc = _sum_to_bias(grad_c)
+    if ctx.has_br and need[5]:
+        g_br = _sum_to_bias(grad_r)
+    return g_xc, g_xr, g_wc, g_wr, g_bc, g_br
+
+
+interval_linear_iw.register_autograd(_interval_linear_iw_backward, setup_context=_interval_linear_iw_setup)
