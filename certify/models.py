@@ -92,7 +92,7 @@ def mlp(
 
 
 def dm_small(in_channels: int = 1, in_size: int = 28, num_classes: int = 10) -> nn.Sequential:
-    """DM-small (Gowal et al. 2018; CROWN-IBP, Zhang et al. 2020): Conv(16,4,2)-Conv(32,4,1)-FC(100)."""
+    """DM-small (Gowal et al. 2018; CROWN-IBP, Zhang et al. 2020): Conv(16,4,2)-Conv(32,4,1)-FC(100), no padding."""
     convs, c, s = _conv_stack(in_channels, in_size, [(16, 4, 2, 0), (32, 4, 1, 0)])
     return nn.Sequential(
         *convs, nn.Flatten(), nn.Linear(c * s * s, 100), nn.ReLU(), nn.Linear(100, num_classes)
@@ -100,7 +100,10 @@ def dm_small(in_channels: int = 1, in_size: int = 28, num_classes: int = 10) -> 
 
 
 def dm_medium(in_channels: int = 1, in_size: int = 28, num_classes: int = 10) -> nn.Sequential:
-    """DM-medium (Gowal et al. 2018; CROWN-IBP): Conv(32,3,1)-Conv(32,4,2)-Conv(64,3,1)-Conv(64,4,2)-FC(512)-FC(512)."""
+    """DM-medium (Gowal et al. 2018; CROWN-IBP).
+
+    Conv(32,3,1)-Conv(32,4,2)-Conv(64,3,1)-Conv(64,4,2)-FC(512)-FC(512), no padding.
+    """
     convs, c, s = _conv_stack(in_channels, in_size, [(32, 3, 1, 0), (32, 4, 2, 0), (64, 3, 1, 0), (64, 4, 2, 0)])
     return nn.Sequential(
         *convs,
@@ -114,7 +117,10 @@ def dm_medium(in_channels: int = 1, in_size: int = 28, num_classes: int = 10) ->
 
 
 def dm_large(in_channels: int = 1, in_size: int = 28, num_classes: int = 10) -> nn.Sequential:
-    """DM-large (Gowal et al. 2018; CROWN-IBP ``IBP_large``): five 3x3 convs 64,64,128,128,128, strides 1,1,2,1,1, padding 1, FC(512)."""
+    """DM-large (Gowal et al. 2018; CROWN-IBP ``IBP_large``).
+
+    Five 3x3 convs with 64, 64, 128, 128, 128 channels, strides 1, 1, 2, 1, 1, padding 1, then FC(512).
+    """
     convs, c, s = _conv_stack(
         in_channels, in_size, [(64, 3, 1, 1), (64, 3, 1, 1), (128, 3, 2, 1), (128, 3, 1, 1), (128, 3, 1, 1)]
     )

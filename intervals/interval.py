@@ -14,18 +14,19 @@ box to an output box (interval bound propagation). Functions without a rule rais
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from . import rounding
-from .errors import IntervalError, check_no_nan, check_nonnegative, check_order
+from .errors import IntervalError, UnsupportedOperation, check_no_nan, check_nonnegative, check_order
 from .registry import RULES, func_name
-from .errors import UnsupportedOperation
 
 __all__ = ["Interval", "TensorOrInterval"]
 
 _Scalar = numbers.Number
+_INF = float("inf")
 
 
 def _as_tensor(x: Any, what: str, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,7 +111,7 @@ class Interval:
         self._rig = rounding.is_rigorous()
 
     @classmethod
-    def _from_lu(cls, lower: torch.Tensor, upper: torch.Tensor) -> "Interval":
+    def _from_lu(cls, lower: torch.Tensor, upper: torch.Tensor) -> Interval:
         # Trusted constructor used by rules: no validation, no synchronisation.
         self = object.__new__(cls)
         self._l, self._u, self._c, self._r = lower, upper, None, None
@@ -118,14 +119,14 @@ class Interval:
         return self
 
     @classmethod
-    def _from_cr(cls, center: torch.Tensor, radius: torch.Tensor) -> "Interval":
+    def _from_cr(cls, center: torch.Tensor, radius: torch.Tensor) -> Interval:
         self = object.__new__(cls)
         self._l, self._u, self._c, self._r = None, None, center, radius
         self._rig = rounding.is_rigorous()
         return self
 
     @classmethod
-    def from_center_radius(cls, center: Any, radius: Any) -> "Interval":
+    def from_center_radius(cls, center: Any, radius: Any) -> Interval:
         """The box ``[center - radius, center + radius]``; ``radius`` broadcasts to ``center``.
 
         Example:
@@ -146,7 +147,7 @@ class Interval:
         return cls._from_cr(c, r)
 
     @classmethod
-    def point(cls, x: Any) -> "Interval":
+    def point(cls, x: Any) -> Interval:
         """The degenerate box ``[x, x]``."""
         t = _as_tensor(x, "point")
         _require_float(t, "point")
@@ -156,7 +157,7 @@ class Interval:
     @classmethod
     def linf_ball(
         cls, x: Any, eps: Any, lo: Any | None = None, hi: Any | None = None
-    ) -> "Interval":
+    ) -> Interval:
         """The L-infinity ball ``{x' : |x' - x|_inf <= eps}``, clamped to ``[lo, hi]`` when given.
 
         ``eps`` may be a float or a tensor broadcastable to ``x`` (per-sample or per-pixel radii);
@@ -201,7 +202,9 @@ class Interval:
     def lower(self) -> torch.Tensor:
         """Lower endpoints."""
         if self._l is None:
-            low = self._c - self._r
+            # c - r is NaN only as inf - inf (an overflowed centre with an infinite radius):
+            # the bound is then -inf, never NaN.
+            low = torch.nan_to_num(self._c - self._r, nan=-_INF, posinf=_INF, neginf=-_INF)
             self._l = rounding.down(low) if self._rig else low
         return self._l
 
@@ -209,15 +212,20 @@ class Interval:
     def upper(self) -> torch.Tensor:
         """Upper endpoints."""
         if self._u is None:
-            high = self._c + self._r
+            high = torch.nan_to_num(self._c + self._r, nan=_INF, posinf=_INF, neginf=-_INF)
             self._u = rounding.up(high) if self._rig else high
         return self._u
 
     @property
     def center(self) -> torch.Tensor:
-        """Midpoints ``(lower + upper) / 2`` (computed without overflow)."""
+        """Midpoints ``(lower + upper) / 2`` (computed without overflow).
+
+        Always finite: an unbounded side (``[-inf, inf]`` gives NaN, ``[0, inf]`` gives inf)
+        takes a finite stand-in, and :attr:`radius` is then infinite, so that
+        ``[center - radius, center + radius]`` still contains the box.
+        """
         if self._c is None:
-            self._c = torch.add(self._l * 0.5, self._u, alpha=0.5)
+            self._c = torch.nan_to_num(torch.add(self._l * 0.5, self._u, alpha=0.5), nan=0.0)
         return self._c
 
     @property
@@ -229,6 +237,8 @@ class Interval:
                 self._r = rounding.up(torch.maximum(self._u - c, c - self._l))
             else:
                 self._r = torch.sub(self._u * 0.5, self._l, alpha=0.5)
+            # an infinite side makes the radius inf (or NaN for [inf, inf]): make it +inf
+            self._r = torch.nan_to_num(self._r, nan=_INF, posinf=_INF)
         return self._r
 
     @property
@@ -277,32 +287,32 @@ class Interval:
         return bool(torch.equal(self.lower, self.upper))
 
     # ------------------------------------------------------------------ set operations
-    def contains(self, x: "torch.Tensor | Interval | float") -> torch.Tensor:
+    def contains(self, x: torch.Tensor | Interval | float) -> torch.Tensor:
         """Elementwise membership: a bool tensor, True where ``x`` (or a box ``x``) lies inside."""
         if isinstance(x, Interval):
             return (self.lower <= x.lower) & (x.upper <= self.upper)
         return (self.lower <= x) & (x <= self.upper)
 
-    def intersection(self, other: "Interval") -> "Interval":
+    def intersection(self, other: Interval) -> Interval:
         """The elementwise intersection; raises :class:`IntervalError` if it is empty anywhere."""
         lo = torch.maximum(self.lower, other.lower)
         hi = torch.minimum(self.upper, other.upper)
         check_order(lo, hi, "intersection is empty")
         return Interval._from_lu(lo, hi)
 
-    def hull(self, other: "Interval | torch.Tensor") -> "Interval":
+    def hull(self, other: Interval | torch.Tensor) -> Interval:
         """The smallest box containing both ``self`` and ``other``."""
         olo, ohi = (other.lower, other.upper) if isinstance(other, Interval) else (other, other)
         return Interval._from_lu(torch.minimum(self.lower, olo), torch.maximum(self.upper, ohi))
 
     # ------------------------------------------------------------------ tensor plumbing
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Interval":
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Interval:
         out = object.__new__(Interval)
         out._l, out._u, out._c, out._r = (None if t is None else fn(t) for t in (self._l, self._u, self._c, self._r))
         out._rig = self._rig
         return out
 
-    def to(self, *args: Any, **kwargs: Any) -> "Interval":
+    def to(self, *args: Any, **kwargs: Any) -> Interval:
         """Move/cast like ``Tensor.to``. Casting to a narrower dtype rounds outward in rigorous mode."""
         out = Interval._from_lu(self.lower.to(*args, **kwargs), self.upper.to(*args, **kwargs))
         if rounding.is_rigorous() and out.dtype != self.dtype and out.dtype.is_floating_point:
@@ -310,25 +320,25 @@ class Interval:
             out = Interval._from_lu(lo.to(out.device), hi.to(out.device))
         return out
 
-    def double(self) -> "Interval":
+    def double(self) -> Interval:
         return self.to(torch.float64)
 
-    def float(self) -> "Interval":
+    def float(self) -> Interval:
         return self.to(torch.float32)
 
-    def cpu(self) -> "Interval":
+    def cpu(self) -> Interval:
         return self._apply(lambda t: t.cpu())
 
-    def cuda(self, *args: Any, **kwargs: Any) -> "Interval":
+    def cuda(self, *args: Any, **kwargs: Any) -> Interval:
         return self._apply(lambda t: t.cuda(*args, **kwargs))
 
-    def detach(self) -> "Interval":
+    def detach(self) -> Interval:
         return self._apply(torch.Tensor.detach)
 
-    def clone(self) -> "Interval":
+    def clone(self) -> Interval:
         return self._apply(torch.Tensor.clone)
 
-    def requires_grad_(self, requires_grad: bool = True) -> "Interval":
+    def requires_grad_(self, requires_grad: bool = True) -> Interval:
         """Make the stored endpoint tensors leaves that require grad."""
         for t in (self._l, self._u, self._c, self._r):
             if t is not None and t.is_leaf:

@@ -12,7 +12,8 @@ implementations of the same ops, so every caller dispatches to them transparentl
 Example:
     >>> import torch
     >>> from intervals.ops import interval_linear
-    >>> c, r = interval_linear(torch.zeros(2, 3), torch.ones(2, 3), torch.eye(3), None)
+    >>> w = torch.eye(3)
+    >>> c, r = interval_linear(torch.zeros(2, 3), torch.ones(2, 3), w, w.abs(), None)
     >>> r
     tensor([[1., 1., 1.],
             [1., 1., 1.]])
@@ -38,37 +39,62 @@ def _sum_to_bias(g: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- point weights
+def _gemm(x: Tensor, w: Tensor, bias: Optional[Tensor], scale: float) -> Tensor:
+    """``scale * x @ w.T + bias`` as one fused GEMM (bias and scale folded into ``addmm``)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if bias is None:
+        out = torch.mm(x2, w.t()) if scale == 1.0 else torch.addmm(x2.new_zeros(()), x2, w.t(), beta=0, alpha=scale)
+    else:
+        out = torch.addmm(bias, x2, w.t(), alpha=scale)
+    return out.reshape(*x.shape[:-1], w.shape[0])
+
+
 @torch.library.custom_op("hypercert::interval_linear", mutates_args=())
-def interval_linear(center: Tensor, radius: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """``(W c + b, |W| r)``: the image of the box ``[c - r, c + r]`` under ``x -> W x + b``."""
-    return F.linear(center, weight, bias), F.linear(radius, weight.abs())
+def interval_linear(
+    center: Tensor, radius: Tensor, weight: Tensor, abs_weight: Tensor, bias: Optional[Tensor], scale: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """``(s W c + b, s |W| r)``: the image of the box ``[s(c - r), s(c + r)]`` under ``x -> W x + b``.
+
+    ``abs_weight`` is ``|W|``, passed in so callers can cache it across calls and so autograd
+    reaches ``W`` through it. ``scale`` folds a factor (e.g. 1/2 for sum/difference inputs
+    ``l + u``, ``u - l``) into the GEMMs at no cost.
+    """
+    return _gemm(center, weight, bias, scale), _gemm(radius, abs_weight, None, scale)
 
 
 @interval_linear.register_fake
-def _interval_linear_fake(center: Tensor, radius: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def _interval_linear_fake(center, radius, weight, abs_weight, bias, scale=1.0):  # noqa: ANN001, ANN202
     shape = (*center.shape[:-1], weight.shape[0])
     return center.new_empty(shape), radius.new_empty(shape)
 
 
 def _interval_linear_setup(ctx, inputs, output) -> None:  # noqa: ANN001
-    center, radius, weight, bias = inputs
-    ctx.save_for_backward(center, radius, weight)
+    center, radius, weight, abs_weight, bias, scale = inputs
+    ctx.save_for_backward(center, radius, weight, abs_weight)
     ctx.has_bias = bias is not None
+    ctx.scale = scale
 
 
 def _interval_linear_backward(ctx, grad_c: Tensor, grad_r: Tensor):  # noqa: ANN001, ANN202
-    center, radius, weight = ctx.saved_tensors
-    g_center = g_radius = g_weight = g_bias = None
-    if ctx.needs_input_grad[0]:
-        g_center = grad_c @ weight
-    if ctx.needs_input_grad[1]:
-        g_radius = grad_r @ weight.abs()
-    if ctx.needs_input_grad[2]:
-        gc, gr = _flat2(grad_c), _flat2(grad_r)
-        g_weight = gc.t() @ _flat2(center) + weight.sign() * (gr.t() @ _flat2(radius))
-    if ctx.has_bias and ctx.needs_input_grad[3]:
+    center, radius, weight, abs_weight = ctx.saved_tensors
+    s = ctx.scale
+    need = ctx.needs_input_grad
+    g_center = g_radius = g_weight = g_abs = g_bias = None
+    if need[0]:
+        g_center = (grad_c @ weight) * s if s != 1.0 else grad_c @ weight
+    if need[1]:
+        g_radius = (grad_r @ abs_weight) * s if s != 1.0 else grad_r @ abs_weight
+    if need[2]:
+        g_weight = torch.mm(_flat2(grad_c).t(), _flat2(center))
+        if s != 1.0:
+            g_weight.mul_(s)
+    if need[3]:
+        g_abs = torch.mm(_flat2(grad_r).t(), _flat2(radius))
+        if s != 1.0:
+            g_abs.mul_(s)
+    if ctx.has_bias and need[4]:
         g_bias = _sum_to_bias(grad_c)
-    return g_center, g_radius, g_weight, g_bias
+    return g_center, g_radius, g_weight, g_abs, g_bias, None
 
 
 interval_linear.register_autograd(_interval_linear_backward, setup_context=_interval_linear_setup)

@@ -42,6 +42,8 @@ def func_name(func: Any) -> str:
     module = getattr(func, "__module__", None)
     if qual.startswith("TensorBase."):
         qual = "Tensor." + qual[len("TensorBase."):]
+    if qual.startswith("_VariableFunctionsClass."):
+        qual = qual[len("_VariableFunctionsClass."):]
     if qual.startswith("Tensor.") or not module:
         return qual
     if module.startswith("torch._C._nn"):

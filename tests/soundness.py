@@ -59,7 +59,8 @@ def points_in(box: Interval, n: int = 16, seed: int = 0) -> torch.Tensor:
         u = torch.rand(lo.shape, generator=g, dtype=lo.dtype)
         corner = torch.rand(lo.shape, generator=g) < 0.3
         u = torch.where(corner, (u > 0.5).to(lo.dtype), u)
-        pts.append(lo + (hi - lo) * u)
+        # lo + (hi - lo) * u can round an ulp past hi: clamp so every point is truly inside.
+        pts.append(torch.minimum(torch.maximum(lo + (hi - lo) * u, lo), hi))
     return torch.stack(pts)
 
 

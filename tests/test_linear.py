@@ -184,12 +184,14 @@ def test_custom_ops_gradcheck_and_opcheck():
     mk = lambda *s: torch.randn(*s, generator=g, dtype=D).requires_grad_()  # noqa: E731
     pos = lambda *s: torch.rand(*s, generator=g, dtype=D).add(0.1).requires_grad_()  # noqa: E731
     c, r, w, b = mk(3, 2, 5), pos(3, 2, 5), mk(4, 5), mk(4)
-    assert torch.autograd.gradcheck(interval_linear, (c, r, w, b))
-    assert torch.autograd.gradcheck(interval_linear, (c, r, w, None))
+    via_abs = lambda c, r, w, b, s: interval_linear(c, r, w, w.abs(), b, s)  # noqa: E731
+    assert torch.autograd.gradcheck(via_abs, (c, r, w, b, 1.0))
+    assert torch.autograd.gradcheck(via_abs, (c, r, w, None, 0.5))
+    assert torch.autograd.gradcheck(interval_linear, (c, r, w, pos(4, 5), b, 0.5))
     wr, br = pos(4, 5), pos(4)
     assert torch.autograd.gradcheck(interval_linear_iw, (c, r, w, wr, b, br))
     assert torch.autograd.gradcheck(interval_linear_iw, (c, r, w, wr, None, None))
-    results = torch.library.opcheck(interval_linear, (c, r, w, b))
+    results = torch.library.opcheck(interval_linear, (c, r, w, w.abs().detach().requires_grad_(), b, 0.5))
     assert all(v == "SUCCESS" for v in results.values()), results
     results = torch.library.opcheck(interval_linear_iw, (c, r, w, wr, b, br))
     assert all(v == "SUCCESS" for v in results.values()), results
@@ -210,3 +212,18 @@ def test_gradients_reach_interval_weights_and_parameters():
     y = conv(Interval.linf_ball(torch.rand(2, 1, 5, 5), 0.05))
     (y.upper - y.lower).sum().backward()
     assert conv.weight.grad.abs().sum() > 0
+
+
+def test_abs_weight_cache_tracks_in_place_updates():
+    from intervals.rules.linear import abs_weight
+
+    layer = torch.nn.Linear(3, 2)
+    x = Interval.linf_ball(torch.randn(4, 3), 0.1)
+    with torch.no_grad():
+        first = layer(x)
+        assert abs_weight(layer.weight) is abs_weight(layer.weight)  # cached while unchanged
+        layer.weight.mul_(-2.0)  # an optimiser step bumps the version counter
+        second = layer(x)
+    expected = F.linear(x.radius, layer.weight.abs())
+    torch.testing.assert_close(second.radius, expected)
+    assert not torch.allclose(first.radius, second.radius)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -18,10 +19,13 @@ __all__ = [
     "decreasing",
     "require_domain",
     "piecewise_candidates",
+    "PointBounds",
+    "libm_bounds",
     "rigorous",
 ]
 
 rigorous = rounding.is_rigorous
+_INF = float("inf")
 
 
 def is_iv(x: Any) -> bool:
@@ -35,17 +39,48 @@ def endpoints(x: Any) -> tuple[Any, Any]:
     return x, x
 
 
-def increasing(fn: Callable[[torch.Tensor], torch.Tensor], x: Interval) -> Interval:
-    """Image of ``x`` under a non-decreasing elementwise ``fn``: ``[fn(lower), fn(upper)]``."""
+#: A rigorous point evaluator: float64 points -> (lower, upper) float64 bounds of the exact value.
+PointBounds = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def libm_bounds(fn: Callable[[torch.Tensor], torch.Tensor], ulps: int = rounding.LIBM_ULPS) -> PointBounds:
+    """Point bounds of ``fn`` from its float64 value widened by ``ulps`` float64 ulps each way.
+
+    Only valid where torch's float64 ``fn`` is accurate to ``ulps`` ulps *relative* to its value:
+    a formula with cancellation or an overflowing intermediate needs its own :data:`PointBounds`.
+    """
+
+    def bounds(x64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = fn(x64)
+        return rounding._step(y, -_INF, ulps), rounding._step(y, _INF, ulps)
+
+    return bounds
+
+
+def _rigorous_ends(bounds: PointBounds, at_lower: torch.Tensor, at_upper: torch.Tensor) -> Interval:
+    lo = bounds(at_lower.to(torch.float64))[0]
+    hi = bounds(at_upper.to(torch.float64))[1]
+    return Interval._from_lu(*rounding.cast_outward(lo, hi, at_lower.dtype))
+
+
+def increasing(fn: Callable[[torch.Tensor], torch.Tensor], x: Interval, bounds: PointBounds | None = None) -> Interval:
+    """Image of ``x`` under a non-decreasing elementwise ``fn``: ``[fn(lower), fn(upper)]``.
+
+    In rigorous mode ``bounds`` (default: :func:`libm_bounds` of ``fn``) bounds the exact values.
+    """
     if rounding.is_rigorous():
-        return Interval._from_lu(*rounding.outward_unary(fn, x.lower, x.upper))
+        if bounds is None:
+            return Interval._from_lu(*rounding.outward_unary(fn, x.lower, x.upper))
+        return _rigorous_ends(bounds, x.lower, x.upper)
     return Interval._from_lu(fn(x.lower), fn(x.upper))
 
 
-def decreasing(fn: Callable[[torch.Tensor], torch.Tensor], x: Interval) -> Interval:
+def decreasing(fn: Callable[[torch.Tensor], torch.Tensor], x: Interval, bounds: PointBounds | None = None) -> Interval:
     """Image of ``x`` under a non-increasing elementwise ``fn``: ``[fn(upper), fn(lower)]``."""
     if rounding.is_rigorous():
-        return Interval._from_lu(*rounding.outward_unary(fn, x.upper, x.lower))
+        if bounds is None:
+            return Interval._from_lu(*rounding.outward_unary(fn, x.upper, x.lower))
+        return _rigorous_ends(bounds, x.upper, x.lower)
     return Interval._from_lu(fn(x.upper), fn(x.lower))
 
 
@@ -55,15 +90,15 @@ def piecewise_candidates(
     """Image under ``fn`` that is monotone between the points ``kinks``.
 
     The extrema over ``[l, u]`` lie at ``l``, ``u`` or a kink inside; every candidate is evaluated
-    and the min/max taken. Sound for any piecewise-monotone ``fn``.
+    and the min/max taken. Sound for any piecewise-monotone ``fn`` (continuous or not, as long as
+    ``fn`` at a kink is the value of the piece that attains the extremum there). The kinks must be
+    representable in the interval's dtype (they are evaluated as such, e.g. 0).
     """
     lo_pts, hi_pts = [x.lower], [x.upper]
     for k in kinks:
-        kt = torch.full_like(x.lower, k)
-        inside = (x.lower < kt) & (kt < x.upper)
+        inside = (x.lower < k) & (x.upper > k)
         # Outside, the kink candidate is replaced by an endpoint so it cannot widen the result.
-        lo_pts.append(torch.where(inside, kt, x.lower))
-        hi_pts.append(torch.where(inside, kt, x.upper))
+        lo_pts.append(torch.where(inside, k, x.lower))
     pts_lo = torch.stack(lo_pts + hi_pts)
     if rounding.is_rigorous():
         vlo, vhi = rounding.outward_unary(fn, pts_lo, pts_lo)

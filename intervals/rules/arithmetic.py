@@ -29,18 +29,60 @@ def _outward(lo: torch.Tensor, hi: torch.Tensor) -> Interval:
     return Interval._from_lu(lo, hi)
 
 
+def _nan_to_zero_(t: torch.Tensor) -> torch.Tensor:
+    # A NaN endpoint product can only be 0 * inf: every real product it stands for is 0.
+    return t.nan_to_num_(0.0, _INF, -_INF)
+
+
+def _exact_number(s: Any, like: torch.Tensor) -> Any:
+    """Rigorous mode: a Python number as an operand of an op on ``like``'s dtype.
+
+    torch rounds a number to the tensor's dtype before the operation (``0.1`` to float32, an int
+    above 2**53 to float64), a rounding the one-ulp outward step does not cover. A number that the
+    dtype holds exactly is returned as a float; any other becomes the point Interval rounded outward.
+    """
+    f = float(s)
+    t = torch.tensor(f, dtype=like.dtype)
+    if float(t) == s:  # exact comparison (int vs float included)
+        return f
+    lo = f if f <= s else math.nextafter(f, -_INF)
+    hi = f if f >= s else math.nextafter(f, _INF)
+    t64 = torch.tensor([lo, hi], dtype=torch.float64, device=like.device)
+    low, high = rounding.cast_outward(t64[0], t64[1], like.dtype)
+    return Interval._from_lu(low, high)
+
+
+def _like(a: Any, b: Any) -> torch.Tensor:
+    iv = a if is_iv(a) else b
+    return iv.lower if iv._l is not None else iv._c
+
+
 def add(a: Any, b: Any, *, alpha: float = 1) -> Interval:
     """``a + alpha * b`` for intervals, tensors and numbers."""
-    if alpha != 1:
+    if rounding.is_rigorous():
+        if isinstance(a, numbers.Number):
+            a = _exact_number(a, _like(a, b))
+        if isinstance(b, numbers.Number):
+            b = _exact_number(b, _like(a, b))
+        if alpha != 1:
+            # alpha * b is rounded too: make b an Interval so the product is rounded outward.
+            if not is_iv(b):
+                like = _like(a, b)
+                bt = torch.as_tensor(b, dtype=None if isinstance(b, torch.Tensor) else like.dtype, device=like.device)
+                b = Interval._from_lu(bt, bt)
+            b = mul(b, alpha)
+    elif alpha != 1:
         b = mul(b, alpha) if is_iv(b) else b * alpha
     if not rounding.is_rigorous():
         # Stay in centre/radius form when the operands are in it: a shift moves only the centre.
+        # Only without a dtype change: a box's endpoints are its centre -/+ radius rounded in its
+        # own dtype, which a wider centre/radius would no longer enclose.
         if is_iv(a) and is_iv(b):
-            if a._l is None and b._l is None:
+            if a._l is None and b._l is None and a._c.dtype == b._c.dtype:
                 return Interval._from_cr(a._c + b._c, a._r + b._r)
         else:
             iv, other = (a, b) if is_iv(a) else (b, a)
-            if iv._l is None:
+            if iv._l is None and torch.result_type(iv._c, other) == iv._c.dtype:
                 c = iv._c + other
                 return Interval._from_cr(c, iv._r if c.shape == iv._r.shape else iv._r.expand(c.shape))
     al, au = endpoints(a)
@@ -63,6 +105,8 @@ def mul(a: Any, b: Any) -> Interval:
     """Elementwise product; the min/max of the endpoint products."""
     if not is_iv(a):
         a, b = b, a
+    if isinstance(b, numbers.Number) and rounding.is_rigorous():
+        b = _exact_number(b, _like(a, b))
     if not is_iv(b):
         if isinstance(b, numbers.Number):
             if b == 0:
@@ -72,21 +116,26 @@ def mul(a: Any, b: Any) -> Interval:
             lo, hi = a.lower * b, a.upper * b
             return _outward(lo, hi) if b > 0 else _outward(hi, lo)
         p, q = a.lower * b, a.upper * b
-        return _outward(torch.fmin(p, q), torch.fmax(p, q))
+        return _outward(_nan_to_zero_(torch.fmin(p, q)), _nan_to_zero_(torch.fmax(p, q)))
     al, au = a.lower, a.upper
     bl, bu = b.lower, b.upper
     p1, p2, p3, p4 = al * bl, al * bu, au * bl, au * bu
     lo = torch.fmin(torch.fmin(p1, p2), torch.fmin(p3, p4))
     hi = torch.fmax(torch.fmax(p1, p2), torch.fmax(p3, p4))
-    return _outward(lo, hi)
+    return _outward(_nan_to_zero_(lo), _nan_to_zero_(hi))
 
 
 def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Interval:
     """Elementwise quotient; ``[-inf, inf]`` where the divisor's interval contains 0."""
     if rounding_mode is not None:
         raise UnsupportedOperation("torch.div", f"rounding_mode={rounding_mode!r} is not supported")
+    if rounding.is_rigorous():
+        if isinstance(b, numbers.Number):
+            b = _exact_number(b, _like(a, b))
+        if isinstance(a, numbers.Number):
+            a = _exact_number(a, _like(a, b))
     if isinstance(b, numbers.Number):
-        if b == 0:
+        if b == 0 or abs(b) <= rounding.denorm_min(a.dtype) / 2:  # 0 once rounded to the dtype
             full = torch.full_like(a.lower, _INF)
             return Interval._from_lu(-full, full)
         lo, hi = a.lower / b, a.upper / b
@@ -95,11 +144,15 @@ def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Interval:
     bl, bu = endpoints(b)
     if isinstance(al, numbers.Number):
         al = au = torch.as_tensor(al, dtype=bl.dtype, device=bl.device)
+    spans_zero = (bl <= 0) & (bu >= 0)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (al, au, bl, bu)):
+        # The quotients by a zero endpoint are discarded below, but their derivatives (0 * inf)
+        # would still poison the gradient with NaN: divide by 1 there instead.
+        bl, bu = torch.where(spans_zero, 1.0, bl), torch.where(spans_zero, 1.0, bu)
     q1, q2, q3, q4 = al / bl, al / bu, au / bl, au / bu
     lo = torch.fmin(torch.fmin(q1, q2), torch.fmin(q3, q4))
     hi = torch.fmax(torch.fmax(q1, q2), torch.fmax(q3, q4))
     res = _outward(lo, hi)
-    spans_zero = (bl <= 0) & (bu >= 0)
     lo = torch.where(spans_zero, -_INF, res.lower)
     hi = torch.where(spans_zero, _INF, res.upper)
     return Interval._from_lu(lo, hi)
@@ -112,14 +165,17 @@ def reciprocal(a: Interval) -> Interval:
 implements(torch.add, _T.add, _T.__add__, _T.__radd__, _T.__iadd__)(add)
 implements(torch.sub, torch.subtract, _T.sub, _T.subtract, _T.__sub__, _T.__isub__)(sub)
 implements(torch.mul, torch.multiply, _T.mul, _T.multiply, _T.__mul__, _T.__rmul__, _T.__imul__)(mul)
-implements(torch.div, torch.divide, torch.true_divide, _T.div, _T.divide, _T.true_divide, _T.__truediv__, _T.__itruediv__)(div)
+implements(
+    torch.div, torch.divide, torch.true_divide, _T.div, _T.divide, _T.true_divide, _T.__truediv__, _T.__itruediv__
+)(div)
 implements(torch.neg, torch.negative, _T.neg, _T.negative, _T.__neg__)(neg)
 implements(torch.reciprocal, _T.reciprocal)(reciprocal)
 
 
 @implements(_T.__rsub__, torch.rsub)
 def _rsub(a: Any, b: Any, *, alpha: float = 1) -> Interval:
-    return sub(b, a, alpha=alpha) if alpha == 1 else add(b, mul(a, -alpha))
+    # torch.rsub(a, b, alpha) is b - alpha * a
+    return sub(b, a, alpha=alpha)
 
 
 @implements(_T.__rtruediv__, _T.__rdiv__)
@@ -180,8 +236,52 @@ def _monotone_reduction(func: Any):
 
 implements(torch.amax, _T.amax)(_monotone_reduction(torch.amax))
 implements(torch.amin, _T.amin)(_monotone_reduction(torch.amin))
-implements(torch.logsumexp, _T.logsumexp)(_monotone_reduction(torch.logsumexp))
-implements(torch.cumsum, _T.cumsum)(_monotone_reduction(torch.cumsum))
+
+
+@implements(torch.cumsum, _T.cumsum)
+def _cumsum(x: Interval, dim: int, *, dtype: torch.dtype | None = None) -> Interval:
+    if dtype is not None:
+        x = x.to(dtype)
+    lo, hi = torch.cumsum(x.lower, dim), torch.cumsum(x.upper, dim)
+    if not rounding.is_rigorous():
+        return Interval._from_lu(lo, hi)
+    # Every prefix is a sum of at most n terms: Higham's bound as in _sum_rigorous, prefix by prefix.
+    n = x.shape[dim] if x.dim() else 1
+    g = rounding.gamma(2 * n + 2, x.dtype)
+    tiny = n * 2 * rounding.denorm_min(x.dtype)
+    err_lo = torch.cumsum(x.lower.abs(), dim) * g + tiny
+    err_hi = torch.cumsum(x.upper.abs(), dim) * g + tiny
+    return Interval._from_lu(rounding.down(lo - err_lo), rounding.up(hi + err_hi))
+
+
+def _logsumexp_bounds(t: torch.Tensor, dim: Any, keepdim: bool, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rigorous float64 bounds of the exact ``log(sum(exp(t)))``: ``m + log(sum(exp(t - m)))``
+    with every step rounded outward (``exp``/``log`` widened by ``LIBM_ULPS``)."""
+    t = t.to(torch.float64)
+    m = t.amax(dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, 0.0)  # all -inf (sum 0) or an inf present: shift by 0
+    e_lo = rounding._step(torch.exp(rounding.down(t - m)), -_INF, rounding.LIBM_ULPS).clamp_min(0.0)
+    e_hi = rounding._step(torch.exp(rounding.up(t - m)), _INF, rounding.LIBM_ULPS)
+    g = rounding.gamma(2 * n + 2, torch.float64)
+    tiny = n * 2 * rounding.denorm_min(torch.float64)
+    s_lo, s_hi = e_lo.sum(dim, keepdim), e_hi.sum(dim, keepdim)
+    s_lo = rounding.down(s_lo - (s_lo * g + tiny)).clamp_min(0.0)
+    s_hi = rounding.up(s_hi + (s_hi * g + tiny))
+    l_lo = rounding._step(torch.log(s_lo), -_INF, rounding.LIBM_ULPS)
+    l_hi = rounding._step(torch.log(s_hi), _INF, rounding.LIBM_ULPS)
+    if not keepdim:
+        m = m.squeeze(dim) if isinstance(dim, int) else m.reshape(l_lo.shape)
+    return rounding.down(m + l_lo), rounding.up(m + l_hi)
+
+
+@implements(torch.logsumexp, _T.logsumexp)
+def _logsumexp(x: Interval, dim: Any, keepdim: bool = False) -> Interval:
+    if not rounding.is_rigorous():
+        return Interval._from_lu(torch.logsumexp(x.lower, dim, keepdim), torch.logsumexp(x.upper, dim, keepdim))
+    n = _reduced_count(x, dim)
+    lo = _logsumexp_bounds(x.lower, dim, keepdim, n)[0]
+    hi = _logsumexp_bounds(x.upper, dim, keepdim, n)[1]
+    return Interval._from_lu(*rounding.cast_outward(lo, hi, x.dtype))
 
 
 # ---------------------------------------------------------------------------- max / min / clamp

@@ -4,13 +4,22 @@ Monotone functions map endpoints to endpoints, which is exact. GELU and SiLU are
 each falls to a single global minimum and rises again, so an interval that straddles the minimiser
 gets the true minimum value as its lower bound (found once, at import, in float64 and rounded
 down by a margin far above float64's error).
+
+Rigorous mode evaluates most functions in float64 and widens by ``LIBM_ULPS`` ulps, which is only
+valid where torch's float64 formula is accurate *relative to the value*. sigmoid, SiLU, GELU (both
+forms) and softplus are not: ``1 / (1 + exp(-x))`` underflows to 0 for x < -709.8 while the true
+value is a positive subnormal, ``1 + erf(x / sqrt 2)`` cancels for negative x (GELU(-10) evaluates
+to -0.0, the true value is -7.6e-23), and ``beta * x`` rounds before ``exp`` magnifies the error.
+Those get their own rigorous point bounds below, built from operations that are either correctly
+rounded (``+ - * /``, stepped one ulp outward) or libm calls on arguments where they are accurate.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,22 +27,110 @@ import torch.nn.functional as F
 from .. import rounding
 from ..errors import UnsupportedOperation
 from ..registry import implements
-from ._common import Interval, decreasing, increasing, piecewise_candidates, require_domain
+from . import _common
+from ._common import Interval, PointBounds, decreasing, increasing, piecewise_candidates, require_domain
 
 _T = torch.Tensor
 _INF = float("inf")
+_F64 = torch.float64
+
+_dn, _up = rounding.down, rounding.up
 
 
-def _register_increasing(fn: Callable[[torch.Tensor], torch.Tensor], *funcs: Any) -> None:
+def _step_dn(t: torch.Tensor, ulps: int = rounding.LIBM_ULPS) -> torch.Tensor:
+    return rounding._step(t, -_INF, ulps)
+
+
+def _step_up(t: torch.Tensor, ulps: int = rounding.LIBM_ULPS) -> torch.Tensor:
+    return rounding._step(t, _INF, ulps)
+
+
+# ---------------------------------------------------------------------------- rigorous point bounds
+# Each takes float64 points and returns float64 (lower, upper) bounds of the exact real value.
+# Chains of IEEE operations are sound when every operation is rounded outward (one ulp after a
+# correctly rounded op) and each operand is the bound that the (monotone) operation needs.
+
+
+def _bracket(value: float, ulps: int) -> tuple[float, float]:
+    lo = hi = value
+    for _ in range(ulps):
+        lo, hi = math.nextafter(lo, -_INF), math.nextafter(hi, _INF)
+    return lo, hi
+
+
+#: float64 brackets of the irrational / decimal constants (checked against mpmath in the tests).
+SQRT_HALF = _bracket(math.sqrt(0.5), 1)  # 1/sqrt(2): sqrt is correctly rounded
+SQRT_2_OVER_PI = _bracket(math.sqrt(2.0 / math.pi), 2)  # two roundings
+GELU_TANH_KAPPA = _bracket(0.044715, 1)  # the decimal 0.044715
+_ERFC_ULPS = 16  # glibc and CUDA document erfc at up to 5 ulps; stay well clear
+
+
+def _sigmoid_bounds(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0, e = exp(-|x|) in [0, 1]:
+    # no overflow, no cancellation; 1/(1+e) falls and e/(1+e) rises with e.
+    e = torch.exp(-x.abs())
+    e_lo, e_hi = _step_dn(e).clamp_min(0.0), _step_up(e)
+    pos = x >= 0
+    lo = torch.where(pos, _dn(1.0 / _up(1.0 + e_hi)), _dn(e_lo / _up(1.0 + e_lo)))
+    hi = torch.where(pos, _up(1.0 / _dn(1.0 + e_lo)), _up(e_hi / _dn(1.0 + e_hi)))
+    return lo, hi.clamp_max(1.0)
+
+
+def _times_bounds(x: torch.Tensor, s_lo: torch.Tensor, s_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds of ``x * s`` for ``s`` in ``[s_lo, s_hi]`` (``s_lo >= 0``)."""
+    pos = x >= 0
+    return _dn(x * torch.where(pos, s_lo, s_hi)), _up(x * torch.where(pos, s_hi, s_lo))
+
+
+def _silu_bounds(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _times_bounds(x, *_sigmoid_bounds(x))
+
+
+def _gelu_bounds(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # GELU(x) = x/2 * erfc(-x/sqrt 2): erfc is accurate relative to its value (no 1 + erf
+    # cancellation); its argument is bounded first, erfc is decreasing.
+    p1, p2 = x * -SQRT_HALF[0], x * -SQRT_HALF[1]
+    z_lo, z_hi = _dn(torch.minimum(p1, p2)), _up(torch.maximum(p1, p2))
+    e_lo = _step_dn(torch.special.erfc(z_hi), _ERFC_ULPS).clamp_min(0.0)
+    e_hi = _step_up(torch.special.erfc(z_lo), _ERFC_ULPS)
+    lo, hi = _times_bounds(x, e_lo, e_hi)
+    return _dn(lo * 0.5), _up(hi * 0.5)
+
+
+def _gelu_tanh_bounds(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # 0.5 x (1 + tanh(v)) = x * sigmoid(2 v), v = sqrt(2/pi) (x + 0.044715 x^3) = sqrt(2/pi) x (1 + k x^2)
+    sq = x * x
+    a_lo, a_hi = _dn(_dn(sq) * GELU_TANH_KAPPA[0]).clamp_min(0.0), _up(_up(sq) * GELU_TANH_KAPPA[1])
+    p_lo, p_hi = _times_bounds(x, _dn(1.0 + a_lo), _up(1.0 + a_hi))
+    c_lo, c_hi = 2.0 * SQRT_2_OVER_PI[0], 2.0 * SQRT_2_OVER_PI[1]
+    w_lo = _dn(torch.minimum(p_lo * c_lo, p_lo * c_hi))
+    w_hi = _up(torch.maximum(p_hi * c_lo, p_hi * c_hi))
+    return _times_bounds(x, _sigmoid_bounds(w_lo)[0], _sigmoid_bounds(w_hi)[1])
+
+
+def _softplus_log_bounds(x: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # log1p(exp(beta x)) / beta for beta > 0, as h(y) / beta with h(y) = max(y, 0) + log1p(exp(-|y|))
+    # (no overflow) increasing in y = beta x, which is bounded first (its rounding would be
+    # magnified by exp).
+    y_lo, y_hi = _dn(x * beta), _up(x * beta)
+    l_lo = _step_dn(torch.log1p(_step_dn(torch.exp(-y_lo.abs())).clamp_min(0.0))).clamp_min(0.0)
+    l_hi = _step_up(torch.log1p(_step_up(torch.exp(-y_hi.abs()))))
+    h_lo, h_hi = _dn(y_lo.clamp_min(0.0) + l_lo), _up(y_hi.clamp_min(0.0) + l_hi)
+    return _dn(h_lo / beta), _up(h_hi / beta)
+
+
+def _register_increasing(
+    fn: Callable[[torch.Tensor], torch.Tensor], *funcs: Any, bounds: PointBounds | None = None
+) -> None:
     def rule(x: Interval, *args: Any, **kwargs: Any) -> Interval:
-        return increasing(fn, x)
+        return increasing(fn, x, bounds)
 
     implements(*funcs)(rule)
 
 
 _register_increasing(torch.exp, torch.exp, _T.exp)
 _register_increasing(torch.expm1, torch.expm1, _T.expm1)
-_register_increasing(torch.sigmoid, torch.sigmoid, _T.sigmoid, F.sigmoid)
+_register_increasing(torch.sigmoid, torch.sigmoid, _T.sigmoid, F.sigmoid, bounds=_sigmoid_bounds)
 _register_increasing(torch.tanh, torch.tanh, _T.tanh, F.tanh)
 _register_increasing(torch.atan, torch.atan, _T.atan, torch.arctan)
 _register_increasing(torch.asinh, torch.asinh, _T.asinh, torch.arcsinh)
@@ -70,10 +167,9 @@ def _rsqrt(x: Interval) -> Interval:
 @implements(torch.abs, torch.absolute, _T.abs, _T.absolute, _T.__abs__)
 def _abs(x: Interval) -> Interval:
     lo, hi = x.lower, x.upper
-    # Straddling 0: the minimum is 0 and the maximum the larger magnitude; otherwise monotone.
-    new_lo = torch.where(lo >= 0, lo, torch.where(hi <= 0, -hi, torch.zeros_like(lo)))
-    new_hi = torch.maximum(-lo, hi)
-    return Interval._from_lu(new_lo, new_hi)
+    # max(lo, -hi, 0): lo when lo >= 0, -hi when hi <= 0, and 0 when the box straddles 0.
+    neg_hi = -hi
+    return Interval._from_lu(torch.maximum(lo, neg_hi).clamp_min(0.0), torch.maximum(-lo, hi))
 
 
 def _pow_scalar(x: Interval, p: float) -> Interval:
@@ -88,17 +184,16 @@ def _pow_scalar(x: Interval, p: float) -> Interval:
         if n > 0 and n % 2 == 1:
             return increasing(fn, x)
         lo, hi = x.lower, x.upper
-        straddles = (lo < 0) & (hi > 0)
-        has_zero = (lo <= 0) & (hi >= 0)
         # Away from 0 every integer power is monotone, so the endpoint values bound it.
         ends = piecewise_candidates(fn, x, [])
         if n > 0:  # even: minimum 0 where the interval straddles 0
-            return Interval._from_lu(torch.where(straddles, torch.zeros_like(lo), ends.lower), ends.upper)
+            return Interval._from_lu(torch.where((lo < 0) & (hi > 0), 0.0, ends.lower), ends.upper)
         # negative powers are unbounded near 0
-        full = torch.full_like(lo, _INF)
+        has_zero = (lo <= 0) & (hi >= 0)
         if n % 2 == 0:
-            return Interval._from_lu(torch.where(has_zero, torch.zeros_like(lo), ends.lower), torch.where(has_zero, full, ends.upper))
-        return Interval._from_lu(torch.where(has_zero, -full, ends.lower), torch.where(has_zero, full, ends.upper))
+            # |x| <= max(|lo|, |hi|) on the box, so x**n >= min(lo**n, hi**n) even across 0
+            return Interval._from_lu(ends.lower, torch.where(has_zero, _INF, ends.upper))
+        return Interval._from_lu(torch.where(has_zero, -_INF, ends.lower), torch.where(has_zero, _INF, ends.upper))
     require_domain(x.lower < 0, "torch.pow", f"non-integer exponent {p} with interval lower bound < 0")
     return increasing(fn, x) if p > 0 else decreasing(fn, x)
 
@@ -148,10 +243,36 @@ def _selu(x: Interval, inplace: bool = False) -> Interval:
 
 @implements(F.softplus)
 def _softplus(x: Interval, beta: float = 1.0, threshold: float = 20.0) -> Interval:
-    # torch switches to the identity above threshold/beta, where the log form is a hair larger:
-    # the switch point is a (tiny) local maximum, so it is a candidate.
-    fn = lambda t: F.softplus(t, beta, threshold)  # noqa: E731
-    return piecewise_candidates(fn, x, [threshold / beta])
+    """``softplus(x) = log1p(exp(beta x)) / beta``, torch's identity ``x`` where ``beta x > threshold``.
+
+    Both pieces rise, but at the switch ``k = threshold / beta`` the function drops by
+    ``log1p(exp(-threshold)) / beta`` (2e-9 at the defaults): just right of ``k`` the values are
+    ``~k``, below the log form at a left endpoint near ``k``. So: lower bound
+    ``min(g(l), max(l, k_lo))`` and upper bound ``max(g(min(u, k_hi)), u)``, with ``g`` the log form
+    and ``k_lo <= k <= k_hi`` covering where torch's rounded ``beta x > threshold`` switches.
+    """
+    if not beta > 0:
+        raise UnsupportedOperation("torch.nn.functional.softplus", f"beta={beta}: only beta > 0 is supported")
+    lo, hi = x.lower, x.upper
+    k = threshold / beta
+    if math.isinf(k):
+        k_lo = k_hi = k
+    else:
+        fi = torch.finfo(lo.dtype)
+        margin = 4 * fi.eps * abs(k) + fi.tiny
+        k_lo, k_hi = k - margin, k + margin
+    # Boxes wholly below k_lo see only the log form, wholly above k_hi only the identity.
+    if rounding.is_rigorous():
+        lo64, hi64 = lo.to(_F64), hi.to(_F64)
+        g_lo = _softplus_log_bounds(lo64, beta)[0]
+        lower = torch.where(hi64 < k_lo, g_lo, torch.minimum(g_lo, lo64.clamp_min(k_lo)))
+        upper = torch.where(lo64 > k_hi, hi64, torch.maximum(_softplus_log_bounds(hi64.clamp_max(k_hi), beta)[1], hi64))
+        return Interval._from_lu(*rounding.cast_outward(lower, upper, lo.dtype))
+    g = lambda t: F.softplus(t, beta, _INF)  # noqa: E731
+    g_lo = g(lo)
+    lower = torch.where(hi < k_lo, g_lo, torch.minimum(g_lo, lo.clamp_min(k_lo)))
+    upper = torch.where(lo > k_hi, hi, torch.maximum(g(hi.clamp_max(k_hi)), hi))
+    return Interval._from_lu(lower, upper)
 
 
 @implements(F.hardtanh, F.hardtanh_ if hasattr(F, "hardtanh_") else None)
@@ -203,29 +324,58 @@ GELU_TANH_MIN = _golden_min(_gelu_tanh, -2.0, 0.0)
 SILU_MIN = _golden_min(_silu, -3.0, 0.0)
 
 
-def unimodal(fn: Callable[[torch.Tensor], torch.Tensor], x: Interval, argmin: float, min_value: float) -> Interval:
-    """Image under ``fn`` decreasing on ``(-inf, argmin]`` and increasing on ``[argmin, inf)``."""
+#: Boxes reaching within this distance of a stored argmin take the stored minimum as lower bound:
+#: the argmin found at import is only accurate to ~1e-8 (the function is flat there), and a box
+#: between the stored and the true minimiser must not miss the minimum.
+ARGMIN_BAND = 2.0**-20
+
+_min_cache: dict[tuple[float, torch.dtype], float] = {}
+
+
+def _round_down(value: float, dtype: torch.dtype) -> float:
+    key = (value, dtype)
+    if key not in _min_cache:
+        t = torch.tensor(value, dtype=_F64)
+        _min_cache[key] = float(rounding.cast_outward(t, t, dtype)[0])
+    return _min_cache[key]
+
+
+def unimodal(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: Interval,
+    argmin: float,
+    min_value: float,
+    bounds: PointBounds | None = None,
+) -> Interval:
+    """Image under ``fn`` decreasing on ``(-inf, argmin]`` and increasing on ``[argmin, inf)``.
+
+    ``min_value`` must be a lower bound of the minimum; ``bounds`` gives rigorous point bounds.
+    """
     lo, hi = x.lower, x.upper
+    straddles = (lo < argmin + ARGMIN_BAND) & (hi > argmin - ARGMIN_BAND)
+    min_value = _round_down(min_value, lo.dtype)
     if rounding.is_rigorous():
-        f_lo_lo, f_lo_hi = rounding.outward_unary(fn, lo, lo)
-        f_hi_lo, f_hi_hi = rounding.outward_unary(fn, hi, hi)
-        bound_min = rounding.cast_outward(torch.tensor(min_value, dtype=torch.float64), torch.tensor(min_value, dtype=torch.float64), lo.dtype)[0]
-        upper = torch.maximum(f_lo_hi, f_hi_hi)
-        lower = torch.where((lo < argmin) & (hi > argmin), bound_min.to(lo.device), torch.minimum(f_lo_lo, f_hi_lo))
-        return Interval._from_lu(lower, upper)
+        pb = bounds if bounds is not None else _common.libm_bounds(fn)
+        (f_lo_lo, f_lo_hi), (f_hi_lo, f_hi_hi) = pb(lo.to(_F64)), pb(hi.to(_F64))
+        lower, upper = rounding.cast_outward(torch.minimum(f_lo_lo, f_hi_lo), torch.maximum(f_lo_hi, f_hi_hi), lo.dtype)
+        return Interval._from_lu(torch.where(straddles, min_value, lower), upper)
     f_lo, f_hi = fn(lo), fn(hi)
-    straddles = (lo < argmin) & (hi > argmin)
-    lower = torch.where(straddles, torch.full_like(f_lo, min_value), torch.minimum(f_lo, f_hi))
-    return Interval._from_lu(lower, torch.maximum(f_lo, f_hi))
+    return Interval._from_lu(torch.where(straddles, min_value, torch.minimum(f_lo, f_hi)), torch.maximum(f_lo, f_hi))
+
+
+def _gelu_tanh_t(t: torch.Tensor) -> torch.Tensor:
+    return F.gelu(t, approximate="tanh")
 
 
 @implements(F.gelu)
 def _gelu(x: Interval, approximate: str = "none") -> Interval:
     if approximate == "tanh":
-        return unimodal(lambda t: F.gelu(t, approximate="tanh"), x, *GELU_TANH_MIN)
-    return unimodal(F.gelu, x, *GELU_MIN)
+        return unimodal(_gelu_tanh_t, x, *GELU_TANH_MIN, bounds=_gelu_tanh_bounds)
+    if approximate != "none":
+        raise UnsupportedOperation("torch.nn.functional.gelu", f"approximate={approximate!r}")
+    return unimodal(F.gelu, x, *GELU_MIN, bounds=_gelu_bounds)
 
 
 @implements(F.silu)
 def _silu_rule(x: Interval, inplace: bool = False) -> Interval:
-    return unimodal(F.silu, x, *SILU_MIN)
+    return unimodal(F.silu, x, *SILU_MIN, bounds=_silu_bounds)

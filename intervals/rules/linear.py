@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import ops, rounding
 from ..registry import implements
@@ -93,13 +94,47 @@ def _bilinear_rigorous(op: Bilinear, x: Any, w: Any, bias: Any, terms: int, add_
     return Interval._from_lu(rounding.down(c - rad), rounding.up(c + rad))
 
 
+# Keyed by tensor identity (tensors define elementwise ==), dropped when the weight is freed.
+_ABS_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def abs_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``|W|``, cached per weight tensor while it is unchanged and no gradient is being recorded.
+
+    With autograd recording, ``|W|`` is recomputed so gradients reach ``W`` through ``abs``.
+    """
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return weight.abs()
+    hit = _ABS_CACHE.get(weight)
+    version = weight._version
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    result = weight.detach().abs()
+    _ABS_CACHE[weight] = (version, result)
+    return result
+
+
+def _sum_diff(x: Interval) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Inputs for a point-weight layer: ``(c, r, 1)``, or from endpoint form ``(l + u, u - l, 1/2)``.
+
+    ``W (l + u) / 2``: the factor 1/2 is folded into the layer (GEMM ``alpha`` or the weights)
+    instead of two extra passes over the activations; scaling by 1/2 is exact in binary floating
+    point.
+    """
+    if x._c is not None:
+        return x._c, x.radius, 1.0
+    lo, hi = x._l, x._u
+    return lo + hi, hi - lo, 0.5
+
+
 # ---------------------------------------------------------------------------- linear / matmul
 @implements(F.linear)
 def _linear(x: Any, weight: Any, bias: Any = None) -> Interval:
     if not rounding.is_rigorous() and is_iv(x):
         if not is_iv(weight) and not is_iv(bias):
             # Point weights: centre through the plain layer (bias folded in), radius through |W|.
-            return Interval._from_cr(*ops.interval_linear(x.center, x.radius, weight, bias))
+            c_in, r_in, scale = _sum_diff(x)
+            return Interval._from_cr(*ops.interval_linear(c_in, r_in, weight, abs_weight(weight), bias, scale))
         if is_iv(weight):
             bc, br = _parts(bias)
             return Interval._from_cr(*ops.interval_linear_iw(x.center, x.radius, weight.center, weight.radius, bc, br))
@@ -132,9 +167,12 @@ def _conv_rule(conv: Callable[..., torch.Tensor], nd: int):
     def rule(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Interval:
         op = lambda a, w: conv(a, w, None, stride, padding, dilation, groups)  # noqa: E731
         terms = math.prod(weight.shape[1:])
-        if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous():
-            c = conv(x.center, weight, bias, stride, padding, dilation, groups)
-            return Interval._from_cr(c, op(x.radius, weight.abs()))
+        if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous() and is_iv(x):
+            c_in, r_in, scale = _sum_diff(x)
+            w, w_abs = weight, abs_weight(weight)
+            if scale != 1.0:  # conv weights are small next to activations: scale them instead
+                w, w_abs = weight * scale, w_abs * scale
+            return Interval._from_cr(conv(c_in, w, bias, stride, padding, dilation, groups), op(r_in, w_abs))
         return bilinear(op, x, weight, bias, terms=terms, add_bias=_channel_bias(nd))
 
     return rule

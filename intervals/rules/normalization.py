@@ -12,7 +12,8 @@ fact that a standardised coordinate never exceeds ``sqrt(n - 1)`` in magnitude.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from .. import rounding
 from ..errors import UnsupportedOperation
 from ..registry import implements
 from ._common import Interval, is_iv
-from .arithmetic import add, mul, clamp, sub
+from .arithmetic import add, clamp, mul, sub
 from .elementwise import _rsqrt, _square
 
 
@@ -63,7 +64,9 @@ def _batch_norm(
     shift = -mean * scale
     if b is not None:
         shift = shift + b
-    return Interval._from_cr(torch.addcmul(shift, x.center, scale), x.radius * scale.abs())
+    # inf * 0 (an unbounded input in a zero-weight channel) is NaN; the true radius there is 0
+    radius = torch.nan_to_num(x.radius * scale.abs(), nan=0.0, posinf=float("inf"))
+    return Interval._from_cr(torch.addcmul(shift, x.center, scale), radius)
 
 
 @implements(F.layer_norm)
@@ -79,8 +82,18 @@ def _layer_norm(
         d = sub(x, mean_x)
     else:
         c, r = x.center, x.radius
-        s = r.sum(dims, keepdim=True)
-        d = Interval._from_cr(c - c.mean(dims, keepdim=True), r * (1.0 - 2.0 / n) + s / n if n > 1 else torch.zeros_like(r))
+        if n > 1:
+            s = r.sum(dims, keepdim=True)
+            # The centring c - mean(c) cancels: its rounding error is absolute (gamma_{n+1} max|c|
+            # for the mean and the subtraction, any summation order), and 1/sqrt(var + eps)
+            # amplifies it by up to 1/sqrt(eps) when the group is (nearly) constant. Carry that
+            # error, and the relative rounding of the radius sum, in the radius so the true d
+            # stays enclosed.
+            u = torch.finfo(c.dtype).eps / 2
+            slack = (n + 3) * u * (c.abs().amax(dims, keepdim=True) + 2 * r.amax(dims, keepdim=True))
+            d = Interval._from_cr(c - c.mean(dims, keepdim=True), r * (1.0 - 2.0 / n) + s / n + slack)
+        else:
+            d = Interval._from_cr(torch.zeros_like(c), torch.zeros_like(r))
     var = _square(d).mean(dims, keepdim=True)
     inv_std = _rsqrt(add(var, eps))
     z = mul(d, inv_std)

@@ -7,7 +7,8 @@ Average pooling is a linear map with non-negative weights, so centre and radius 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ def _avg_rule(pool: Callable[..., torch.Tensor], nd: int, adaptive: bool):
                 out = args[0] if args else kwargs["output_size"]
                 outs = (out,) * nd if isinstance(out, int) or out is None else tuple(out)
                 k = math.prod(
-                    (math.ceil(s / (o or s)) + 1) for s, o in zip(x.shape[-nd:], outs)
+                    (math.ceil(s / (o or s)) + 1) for s, o in zip(x.shape[-nd:], outs, strict=True)
                 )
             else:
                 k = _window_size(args[0] if args else kwargs["kernel_size"], nd)
@@ -67,5 +68,7 @@ def _max_rule(pool: Callable[..., torch.Tensor], name: str):
     return rule
 
 
-for _f in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d):
+for _f in (
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d
+):
     implements(_f)(_max_rule(_f, f"torch.nn.functional.{_f.__name__}"))

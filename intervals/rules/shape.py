@@ -6,7 +6,8 @@ endpoints (or to centre and radius) is exact.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ def _reshape_as(x: Interval, other: Any) -> Interval:
 def _split_like(func: Any):
     def rule(x: Interval, *args: Any, **kwargs: Any) -> tuple[Interval, ...]:
         los, his = func(x.lower, *args, **kwargs), func(x.upper, *args, **kwargs)
-        return tuple(Interval._from_lu(a, b) for a, b in zip(los, his))
+        return tuple(Interval._from_lu(a, b) for a, b in zip(los, his, strict=True))
 
     return rule
 

@@ -44,7 +44,9 @@ def log_softmax_bounds(x: Interval, dim: int) -> tuple[torch.Tensor, torch.Tenso
         lo, hi = lo.to(torch.float64), hi.to(torch.float64)
     lower = lo - torch.logaddexp(lo, _exclusive_logsumexp(hi, dim))
     upper = hi - torch.logaddexp(hi, _exclusive_logsumexp(lo, dim))
-    upper = torch.clamp(upper, max=0.0)  # log of a probability
+    # An infinite endpoint gives inf - inf = NaN; the sound values there are -inf and 0.
+    lower = torch.nan_to_num(lower, nan=-float("inf"), neginf=-float("inf"))
+    upper = torch.clamp(torch.nan_to_num(upper, nan=0.0, neginf=-float("inf")), max=0.0)  # log of a probability
     if rigorous:
         # float64 log-sum-exp error: a few ulps per term; widen by (n + 8) * 4 ulps relative.
         n = x.shape[dim]
@@ -61,15 +63,21 @@ def _dim_of(name: str, dim: Any) -> int:
     return dim
 
 
-def _log_softmax(x: Interval, dim: Any = None, _stacklevel: int = 3, dtype: torch.dtype | None = None) -> Interval:
-    if dtype is not None:
-        x = x.to(dtype)
+def _cast(x: Interval, _stacklevel: Any, dtype: torch.dtype | None) -> Interval:
+    # ``F.softmax(x, dim, _stacklevel, dtype)`` but ``torch.softmax(x, dim, dtype)`` and
+    # ``Tensor.softmax(dim, dtype)``: one rule serves all, so a dtype may arrive third.
+    if isinstance(_stacklevel, torch.dtype):
+        dtype = _stacklevel
+    return x if dtype is None else x.to(dtype)
+
+
+def _log_softmax(x: Interval, dim: Any = None, _stacklevel: Any = 3, dtype: torch.dtype | None = None) -> Interval:
+    x = _cast(x, _stacklevel, dtype)
     return Interval._from_lu(*log_softmax_bounds(x, _dim_of("log_softmax", dim)))
 
 
-def _softmax(x: Interval, dim: Any = None, _stacklevel: int = 3, dtype: torch.dtype | None = None) -> Interval:
-    if dtype is not None:
-        x = x.to(dtype)
+def _softmax(x: Interval, dim: Any = None, _stacklevel: Any = 3, dtype: torch.dtype | None = None) -> Interval:
+    x = _cast(x, _stacklevel, dtype)
     lo, hi = log_softmax_bounds(x, _dim_of("softmax", dim))
     if rounding.is_rigorous():
         return Interval._from_lu(*rounding.outward_unary(torch.exp, lo, hi))

@@ -1,0 +1,115 @@
+"""Smoke tests of the model zoo and the two benchmark scripts (a few seconds in total)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import digits_demo, ibp_speed
+from certify import MODELS, build_model
+from intervals import Interval
+
+# (in_channels, in_size) each registered model is exercised with.
+SHAPES = {"mlp": (1, 28), "dm-small": (1, 28), "dm-medium": (1, 28), "dm-large": (3, 32), "cnn7": (3, 32)}
+
+
+def _tol(t: torch.Tensor) -> torch.Tensor:
+    # Plain and interval passes round differently; allow a few float32 ulps of the magnitude.
+    return 1e-5 * (1.0 + t.abs())
+
+
+def test_every_model_has_a_shape() -> None:
+    assert set(MODELS) == set(SHAPES)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_runs_on_tensors_and_intervals(name: str) -> None:
+    torch.manual_seed(0)
+    c, s = SHAPES[name]
+    model = build_model(name, in_channels=c, in_size=s).eval()
+    x = torch.rand(2, c, s, s)
+    with torch.no_grad():
+        plain = model(x)
+        out = model(Interval.linf_ball(x, 0.01, lo=0.0, hi=1.0))
+    assert plain.shape == (2, 10)
+    assert isinstance(out, Interval) and out.shape == (2, 10)
+    assert bool((out.lower <= plain + _tol(plain)).all()) and bool((plain <= out.upper + _tol(plain)).all())
+    assert bool((out.lower <= out.upper).all())
+
+
+def test_architecture_facts() -> None:
+    # DM-small/medium use no padding (DeepMind's 'VALID'); DM-large/CNN7 padding 1 and FC(512).
+    assert build_model("dm-small")[5].in_features == 32 * 10 * 10
+    assert build_model("dm-medium")[9].in_features == 64 * 4 * 4
+    large = build_model("dm-large", 3, 32)
+    assert [m.out_channels for m in large if isinstance(m, torch.nn.Conv2d)] == [64, 64, 128, 128, 128]
+    assert large[-3].in_features == 128 * 16 * 16 and large[-3].out_features == 512
+    cnn7 = build_model("cnn7", 3, 32)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in cnn7) == 5
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in cnn7) == 1
+    assert build_model("mlp", hidden=(7, 5))[3].out_features == 5
+    with pytest.raises(KeyError, match="registered"):
+        build_model("resnet-1000")
+
+
+def test_digits_demo_runs_and_is_consistent(tmp_path: Path) -> None:
+    out = tmp_path / "digits.json"
+    rc = digits_demo.main(
+        ["--epochs", "3", "--eps", "0.005,0.02", "--examples", "1", "--pgd-steps", "5", "--json", str(out)]
+    )
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["n_test"] == 450 and 0 < report["correct"] <= report["n_test"]
+    assert [r["eps"] for r in report["results"]] == [0.005, 0.02]
+    for r in report["results"]:
+        assert r["certified"] <= report["correct"]
+        assert r["certified"] <= r["pgd_robust"]
+        assert r["naive_only"] == 0  # the folded specification is never looser than lower_y - upper_j
+    assert report["certified"] == report["results"][0]["certified"]
+
+
+def test_digits_margin_bounds_hold_on_sampled_points() -> None:
+    torch.manual_seed(0)
+    x_tr, y_tr, x_te, y_te = digits_demo.load_data(0)
+    model = digits_demo.build_mlp()
+    digits_demo.train(model, x_tr[:256], y_tr[:256], epochs=2)
+    x, y, eps = x_te[:16], y_te[:16], 0.03
+    lower = digits_demo.certify_margins(model, x, y, eps)
+    others = digits_demo.other_classes(y, 10)
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    with torch.no_grad():
+        for _ in range(20):
+            xs = lo + (hi - lo) * torch.rand_like(x)
+            z = model(xs)
+            margin = z.gather(1, y[:, None]) - z.gather(1, others)
+            assert bool((margin >= lower - _tol(margin)).all())
+        # Rigorous mode bounds are never tighter than the float ones (up to rounding).
+        with digits_demo.rigorous():
+            lower_rig = digits_demo.certify_margins(model, x, y, eps)
+    assert bool((lower_rig <= lower + _tol(lower)).all())
+    spec = digits_demo.spec_matrix(y, 10)
+    assert spec.shape == (16, 9, 10) and bool((spec.sum(-1) == 0).all())
+
+
+def test_worst_case_logits() -> None:
+    out = Interval(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([[3.0, 4.0, 5.0]]))
+    z = ibp_speed.worst_case_logits(out, torch.tensor([1]))
+    assert z.tolist() == [[3.0, 1.0, 5.0]]
+
+
+def test_ibp_speed_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "speed.json"
+    rc = ibp_speed.main(["--repeats", "1", "--warmup", "0", "--spin-up", "0", "--models", "mlp", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "MLP 784-100-100-10" in printed and "targets:" in printed and "torch" in printed
+    report = json.loads(out.read_text())
+    assert report["meta"]["threads"] >= 1 and report["meta"]["memory_method"]
+    (res,) = report["results"]
+    assert set(res["median_ms"]) == set(ibp_speed.OPS)
+    assert all(v > 0 for v in res["median_ms"].values())
+    assert res["peak_rss"]["plain"]["delta"] >= 0 and res["peak_rss"]["ibp"]["delta"] > 0
+    assert res["saved_bytes"]["ibp"] > res["saved_bytes"]["plain"] > 0
