@@ -7,7 +7,8 @@ ever approximated silently.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import UnsupportedOperation
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 

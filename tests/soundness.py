@@ -77,7 +77,9 @@ def corners(box: Interval, limit: int = 256) -> torch.Tensor:
     return torch.stack(pts)
 
 
-def assert_encloses(out: Interval, values: torch.Tensor, *, tol: float | None = None, scale: float = 1.0, what: str = "") -> None:
+def assert_encloses(
+    out: Interval, values: torch.Tensor, *, tol: float | None = None, scale: float = 1.0, what: str = ""
+) -> None:
     """Every value (any leading batch of samples) lies in ``out`` up to the tolerance.
 
     ``tol=None`` uses ``ULPS * eps * scale * max(1, |value|, |bound|)``; ``tol=0`` is exact.

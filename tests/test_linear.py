@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from soundness import assert_encloses, boxes, corners, points_in
 
 from intervals import Interval
 from intervals.ops import interval_linear, interval_linear_iw
-from soundness import assert_encloses, boxes, corners, points_in
 
 D = torch.float64
 

@@ -22,7 +22,10 @@ def _exact_affine(m: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None) -> l
     rows = m.tolist()
     xs = [Fraction(v) for v in x.reshape(-1).tolist()]
     bs = [Fraction(v) for v in b.tolist()] if b is not None else [Fraction(0)] * len(rows)
-    return [sum((Fraction(a) * xv for a, xv in zip(row, xs)), Fraction(0)) + bb for row, bb in zip(rows, bs)]
+    return [
+        sum((Fraction(a) * xv for a, xv in zip(row, xs, strict=True)), Fraction(0)) + bb
+        for row, bb in zip(rows, bs, strict=True)
+    ]
 
 
 def _assert_contains_exact(out: Interval, exact: list[Fraction]) -> None:
@@ -30,7 +33,7 @@ def _assert_contains_exact(out: Interval, exact: list[Fraction]) -> None:
     lo = [Fraction(v) if abs(v) != float("inf") else v for v in out.lower.reshape(-1).tolist()]
     hi = [Fraction(v) if abs(v) != float("inf") else v for v in out.upper.reshape(-1).tolist()]
     assert not any(v != v for v in lo + hi), "NaN bound"
-    for i, (a, e, z) in enumerate(zip(lo, exact, hi)):
+    for i, (a, e, z) in enumerate(zip(lo, exact, hi, strict=True)):
         assert a <= e <= z, f"element {i}: exact {float(e)!r} outside [{float(a)!r}, {float(z)!r}]"
 
 

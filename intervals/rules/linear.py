@@ -15,7 +15,8 @@ factor is a point.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,9 @@ def _parts(v: Any) -> tuple[Any, Any]:
     return v, None
 
 
-def bilinear(op: Bilinear, x: Any, w: Any, bias: Any = None, *, terms: int, add_bias: Callable | None = None) -> Interval:
+def bilinear(
+    op: Bilinear, x: Any, w: Any, bias: Any = None, *, terms: int, add_bias: Callable | None = None
+) -> Interval:
     """Sound image of the bilinear map ``op(x, w) (+ bias)`` with interval or point arguments.
 
     Args:
@@ -164,7 +167,9 @@ def _channel_bias(nd: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 
 def _conv_rule(conv: Callable[..., torch.Tensor], nd: int):
-    def rule(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Interval:
+    def rule(
+        x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1
+    ) -> Interval:
         op = lambda a, w: conv(a, w, None, stride, padding, dilation, groups)  # noqa: E731
         terms = math.prod(weight.shape[1:])
         if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous() and is_iv(x):
