@@ -63,6 +63,13 @@ def _require_float(t: torch.Tensor, where: str) -> None:
         raise IntervalError(f"{where}: x must be floating point, got {t.dtype}")
 
 
+def _scalar_or_tensor(v: Any, what: str, like: torch.Tensor) -> float | torch.Tensor:
+    """A Python float stays a float (cheap scalar ops); anything else becomes a tensor like ``like``."""
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return float(v)
+    return _as_tensor(v, what, like=like)
+
+
 def _broadcast_to(t: torch.Tensor, shape: torch.Size, what: str, where: str) -> torch.Tensor:
     try:
         out = t.expand(shape)
@@ -171,30 +178,46 @@ class Interval:
         t = _as_tensor(x, "linf_ball x")
         # An integer x would silently truncate eps (0.5 -> 0): refuse instead of shrinking the box.
         _require_float(t, "linf_ball")
-        check_no_nan(t, "linf_ball x")
-        e = _as_tensor(eps, "eps", like=t)
-        check_nonnegative(e, "eps")
-        e = _broadcast_to(e, t.shape, "eps", "linf_ball")
+        e = _scalar_or_tensor(eps, "eps", t)
+        if isinstance(e, torch.Tensor):
+            check_nonnegative(e, "eps")
+            e = _broadcast_to(e, t.shape, "eps", "linf_ball")
+        elif e != e:
+            raise IntervalError("eps contains NaN")
+        else:
+            check_nonnegative(e, "eps")
+        lo_v = None if lo is None else _scalar_or_tensor(lo, "lo", t)
+        hi_v = None if hi is None else _scalar_or_tensor(hi, "hi", t)
+        for v, name in ((lo_v, "lo"), (hi_v, "hi")):
+            if isinstance(v, torch.Tensor):
+                check_no_nan(v, f"linf_ball {name}")
+                _broadcast_to(v, t.shape, name, "linf_ball")
+            elif v is not None and v != v:
+                raise IntervalError(f"linf_ball {name} contains NaN")
+        if lo_v is not None and hi_v is not None:
+            both_scalar = not isinstance(lo_v, torch.Tensor) and not isinstance(hi_v, torch.Tensor)
+            if not both_scalar or lo_v > hi_v:
+                lo_t = torch.as_tensor(lo_v, dtype=t.dtype, device=t.device).expand(t.shape)
+                hi_t = torch.as_tensor(hi_v, dtype=t.dtype, device=t.device).expand(t.shape)
+                check_order(lo_t, hi_t, "linf_ball domain [lo, hi]")
+        # One pass and one synchronisation for the common case (x finite and inside [lo, hi]):
+        # NaN propagates through aminmax and fails both comparisons.
+        x_min, x_max = torch.aminmax(t) if t.numel() else (t.new_zeros(()), t.new_zeros(()))
+        ok = x_min >= (lo_v if lo_v is not None and not isinstance(lo_v, torch.Tensor) else -_INF)
+        ok &= x_max <= (hi_v if hi_v is not None and not isinstance(hi_v, torch.Tensor) else _INF)
+        if isinstance(lo_v, torch.Tensor) or isinstance(hi_v, torch.Tensor) or not bool(ok):
+            check_no_nan(t, "linf_ball x")
+            if lo_v is not None:
+                _check_domain(t < lo_v, "below lo")
+            if hi_v is not None:
+                _check_domain(t > hi_v, "above hi")
         lower, upper = t - e, t + e
         if rounding.is_rigorous():
             lower, upper = rounding.down(lower), rounding.up(upper)
-        lo_t = hi_t = None
-        if lo is not None:
-            lo_t = _as_tensor(lo, "lo", like=t)
-            check_no_nan(lo_t, "linf_ball lo")
-            _broadcast_to(lo_t, t.shape, "lo", "linf_ball")
-        if hi is not None:
-            hi_t = _as_tensor(hi, "hi", like=t)
-            check_no_nan(hi_t, "linf_ball hi")
-            _broadcast_to(hi_t, t.shape, "hi", "linf_ball")
-        if lo_t is not None and hi_t is not None:
-            check_order(lo_t.expand(t.shape), hi_t.expand(t.shape), "linf_ball domain [lo, hi]")
-        if lo_t is not None:
-            _check_domain(t < lo_t, "below lo")
-            lower = torch.maximum(lower, lo_t)
-        if hi_t is not None:
-            _check_domain(t > hi_t, "above hi")
-            upper = torch.minimum(upper, hi_t)
+        if lo_v is not None:
+            lower = torch.maximum(lower, lo_v) if isinstance(lo_v, torch.Tensor) else lower.clamp_min(lo_v)
+        if hi_v is not None:
+            upper = torch.minimum(upper, hi_v) if isinstance(hi_v, torch.Tensor) else upper.clamp_max(hi_v)
         return cls._from_lu(lower, upper)
 
     # ------------------------------------------------------------------ representations

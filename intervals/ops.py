@@ -2,12 +2,12 @@
 
 ``hypercert::interval_linear``      centre/radius linear layer with point weights
 ``hypercert::interval_linear_iw``   centre/radius linear layer with interval weights (Rump's product)
+``hypercert::interval_relu``        ReLU of a centre/radius box, saving nothing extra for backward
 
 Each has a pure-torch reference implementation (the CPU path, and what CI tests), a fake (meta)
-implementation so it composes with ``torch.compile``, and an explicit autograd formula. The
-backward formulas never materialise ``|W|`` gradients through an ``abs`` node; they use
-``sign(W)`` directly. Device-specific fused kernels (e.g. CUDA) register as further
-implementations of the same ops, so every caller dispatches to them transparently.
+implementation so it composes with ``torch.compile``, and an explicit autograd formula. Rigorous
+mode does not use them (its rules round outward explicitly). Device-specific fused kernels (e.g.
+CUDA) register as further implementations of the same ops, so every caller dispatches to them.
 
 Example:
     >>> import torch
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["interval_linear", "interval_linear_iw"]
+__all__ = ["interval_linear", "interval_linear_iw", "interval_relu"]
 
 
 def _flat2(t: Tensor) -> Tensor:
@@ -159,3 +159,41 @@ def _interval_linear_iw_backward(ctx, grad_c: Tensor, grad_r: Tensor):  # noqa: 
 
 
 interval_linear_iw.register_autograd(_interval_linear_iw_backward, setup_context=_interval_linear_iw_setup)
+
+
+# ---------------------------------------------------------------------------- ReLU in centre/radius form
+@torch.library.custom_op("hypercert::interval_relu", mutates_args=())
+def interval_relu(center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    """ReLU of the box ``[c - r, c + r]``, returned again as (centre, radius).
+
+    ``u = relu(c + r)``, ``l = relu(c - r)``, centre ``(l + u) / 2`` and radius ``u - centre``: six
+    memory passes and no endpoint tensors kept alive. For backward only the outputs are saved
+    (which the next linear layer keeps anyway): ``u > 0`` iff ``centre > 0`` and ``l > 0`` iff
+    ``centre > radius``.
+    """
+    upper = torch.add(center, radius).clamp_min_(0)
+    lower = torch.sub(center, radius).clamp_min_(0)
+    new_center = torch.lerp(lower, upper, 0.5)
+    return new_center, upper.sub_(new_center)
+
+
+@interval_relu.register_fake
+def _interval_relu_fake(center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(center), torch.empty_like(center)
+
+
+def _interval_relu_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    ctx.save_for_backward(*output)
+
+
+def _interval_relu_backward(ctx, grad_c: Tensor, grad_r: Tensor):  # noqa: ANN001, ANN202
+    new_center, new_radius = ctx.saved_tensors
+    upper_active = new_center > 0
+    lower_active = new_center > new_radius
+    # d(u)/d(c) = d(u)/d(r) = [u > 0];  d(l)/d(c) = -d(l)/d(r) = [l > 0]
+    a = (grad_c + grad_r).mul_(0.5).mul_(upper_active)
+    b = (grad_c - grad_r).mul_(0.5).mul_(lower_active)
+    return a + b, a - b
+
+
+interval_relu.register_autograd(_interval_relu_backward, setup_context=_interval_relu_setup)

@@ -127,7 +127,13 @@ def test_unary_sound_and_tight(name, data):
     pts = with_points(box, *special)
     vals = fn(pts)
     assert_encloses(out, vals, what=name)
-    if kind == "inc":
+    if kind == "inc" and name in ("relu", "F.relu") and box._l is None:
+        # A centre/radius box goes through the fused op, which returns centre/radius again: its
+        # endpoints equal relu(lower), relu(upper) up to the rounding of (l + u) / 2.
+        tol = dict(rtol=2 * torch.finfo(box.dtype).eps, atol=torch.finfo(box.dtype).tiny)
+        torch.testing.assert_close(out.lower, fn(box.lower), **tol)
+        torch.testing.assert_close(out.upper, fn(box.upper), **tol)
+    elif kind == "inc":
         assert torch.equal(out.lower, fn(box.lower)) and torch.equal(out.upper, fn(box.upper)), name
     elif kind == "dec":
         assert torch.equal(out.lower, fn(box.upper)) and torch.equal(out.upper, fn(box.lower)), name

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import rounding
+from .. import ops, rounding
 from ..errors import UnsupportedOperation
 from ..registry import implements
 from . import _common
@@ -135,7 +135,15 @@ _register_increasing(torch.tanh, torch.tanh, _T.tanh, F.tanh)
 _register_increasing(torch.atan, torch.atan, _T.atan, torch.arctan)
 _register_increasing(torch.asinh, torch.asinh, _T.asinh, torch.arcsinh)
 _register_increasing(torch.erf, torch.erf, _T.erf, torch.special.erf)
-_register_increasing(torch.relu, torch.relu, _T.relu, F.relu)
+
+
+@implements(torch.relu, _T.relu, F.relu)
+def _relu(x: Interval, inplace: bool = False) -> Interval:
+    # The hot path of IBP: a box fresh from a linear layer stays in centre/radius form through the
+    # fused op. ReLU is exact in floating point, so rigorous mode needs no outward step.
+    if x._l is None and not rounding.is_rigorous():
+        return Interval._from_cr(*ops.interval_relu(x._c, x._r))
+    return Interval._from_lu(torch.relu(x.lower), torch.relu(x.upper))
 _register_increasing(F.logsigmoid, F.logsigmoid)
 _register_increasing(F.softsign, F.softsign)
 

@@ -94,7 +94,13 @@ def _bilinear_rigorous(op: Bilinear, x: Any, w: Any, bias: Any, terms: int, add_
         c = add_bias(c, bc)
         rad = add_bias(rad, bc.abs() * g + (br if br is not None else 0.0))
     rad = rounding.up(rad * inflate + tiny)
-    return Interval._from_lu(rounding.down(c - rad), rounding.up(c + rad))
+    # Higham's bound assumes no overflow: a partial sum may overflow although the exact result is
+    # finite, so a non-finite centre leaves the result unbounded.
+    finite = torch.isfinite(c)
+    inf = torch.full_like(c, float("inf"))
+    return Interval._from_lu(
+        torch.where(finite, rounding.down(c - rad), -inf), torch.where(finite, rounding.up(c + rad), inf)
+    )
 
 
 # Keyed by tensor identity (tensors define elementwise ==), dropped when the weight is freed.
