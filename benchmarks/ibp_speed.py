@@ -52,6 +52,7 @@ from torch import nn
 
 from certify.models import build_model
 from intervals import Interval
+from intervals.compile import compile_bounds
 
 __all__ = ["CASES", "Case", "main", "memory_case", "run_case", "time_case", "worst_case_logits"]
 
@@ -111,8 +112,10 @@ def setup(case: Case, batch: int | None = None, seed: int = 0) -> tuple[nn.Modul
     return model, x, y
 
 
-def make_ops(case: Case, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], Any]]:
-    """The four timed operations as closures."""
+def make_ops(
+    case: Case, model: nn.Module, x: torch.Tensor, y: torch.Tensor, compiled: bool = False
+) -> dict[str, Callable[[], Any]]:
+    """The four timed operations as closures (six with ``compiled``: IBP under ``torch.compile``)."""
 
     def plain_fwd() -> Any:
         with torch.no_grad():
@@ -132,7 +135,24 @@ def make_ops(case: Case, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
         out = model(Interval.linf_ball(x, case.eps, lo=0.0, hi=1.0))
         F.cross_entropy(worst_case_logits(out, y), y).backward()
 
-    return {"plain_fwd": plain_fwd, "plain_fwdbwd": plain_fwdbwd, "ibp_fwd": ibp_fwd, "ibp_fwdbwd": ibp_fwdbwd}
+    ops = {"plain_fwd": plain_fwd, "plain_fwdbwd": plain_fwdbwd, "ibp_fwd": ibp_fwd, "ibp_fwdbwd": ibp_fwdbwd}
+    if compiled:
+        bounds = compile_bounds(model, dynamic=False)
+
+        def ibpc_fwd() -> Any:
+            with torch.no_grad():
+                out = bounds(Interval.linf_ball(x, case.eps, lo=0.0, hi=1.0))
+                return out.lower, out.upper
+
+        def ibpc_fwdbwd() -> None:
+            model.zero_grad(set_to_none=True)
+            out = bounds(Interval.linf_ball(x, case.eps, lo=0.0, hi=1.0))
+            F.cross_entropy(worst_case_logits(out, y), y).backward()
+
+        ibpc_fwd()  # compile outside the timed rounds
+        ibpc_fwdbwd()
+        ops.update(ibpc_fwd=ibpc_fwd, ibpc_fwdbwd=ibpc_fwdbwd)
+    return ops
 
 
 def time_ops(ops: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -242,10 +262,10 @@ def peak_rss_delta(case: Case, mode: str, threads: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- one case
-def time_case(case: Case, repeats: int, warmup: int) -> dict[str, Any]:
+def time_case(case: Case, repeats: int, warmup: int, compiled: bool = False) -> dict[str, Any]:
     """Median times and IBP/plain ratios of one case, plus the saved-for-backward cross-check."""
     model, x, y = setup(case)
-    times = time_ops(make_ops(case, model, x, y), repeats, warmup)
+    times = time_ops(make_ops(case, model, x, y, compiled), repeats, warmup)
     med = {k: statistics.median(v) for k, v in times.items()}
     saved = {m: saved_for_backward_bytes(case, m) for m in ("plain", "ibp")}
     return {
@@ -264,7 +284,15 @@ def time_case(case: Case, repeats: int, warmup: int) -> dict[str, Any]:
             "fwd": med["ibp_fwd"] / med["plain_fwd"],
             "fwdbwd": med["ibp_fwdbwd"] / med["plain_fwdbwd"],
             "saved": saved["ibp"] / max(saved["plain"], 1),
+            **(_compiled_ratios(med) if compiled else {}),
         },
+    }
+
+
+def _compiled_ratios(med: dict[str, float]) -> dict[str, float]:
+    return {
+        "compiled_fwd": med["ibpc_fwd"] / med["plain_fwd"],
+        "compiled_fwdbwd": med["ibpc_fwdbwd"] / med["plain_fwdbwd"],
     }
 
 
@@ -342,6 +370,21 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_compiled_table(results: Sequence[dict[str, Any]]) -> str:
+    """IBP under ``torch.compile`` (Inductor) against the same eager plain baselines."""
+    head = f"{'model':<20} | {'IBP fwd ms':>10} {'vs plain':>10} | {'IBP f+b ms':>10} {'vs plain':>10}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        m, ratio, noisy = r["median_ms"], r["ratio"], r["noisy"]
+        lines.append(
+            f"{r['label']:<20} | {_fmt_ms(m['ibpc_fwd'], noisy['ibpc_fwd']):>10} "
+            f"{_mark(ratio['compiled_fwd'], TARGETS['fwd']):>10} | "
+            f"{_fmt_ms(m['ibpc_fwdbwd'], noisy['ibpc_fwdbwd']):>10} "
+            f"{_mark(ratio['compiled_fwdbwd'], TARGETS['fwdbwd']):>10}"
+        )
+    return "\n".join(lines)
+
+
 def _profile(case: Case, rows: int = 12) -> str:
     """torch.profiler summary (self CPU time) of one IBP forward+backward."""
     from torch.profiler import ProfilerActivity, profile
@@ -368,6 +411,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--spin-up", type=float, default=1.0, help="seconds of busy work before timing (default 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
     p.add_argument("--profile", action="store_true", help="also print a torch.profiler summary of each IBP f+b")
+    p.add_argument(
+        "--compiled", action="store_true",
+        help="also time IBP under torch.compile (intervals.compile.compile_bounds; compile time excluded)",
+    )
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
@@ -408,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in args.models:
         case = CASES[key]
         print(f"  timing {case.label} ...", file=sys.stderr, flush=True)
-        results.append(time_case(case, args.repeats, args.warmup))
+        results.append(time_case(case, args.repeats, args.warmup, args.compiled))
     if not args.no_memory:
         for key, res in zip(args.models, results, strict=True):
             print(f"  peak memory of {CASES[key].label} (2 subprocesses) ...", file=sys.stderr, flush=True)
@@ -416,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             res["peak_rss"] = mem["peak_rss"]
             res["ratio"]["memory"] = mem["memory_ratio"]
     print(format_table(results))
+    if args.compiled:
+        print("\nIBP under torch.compile (Inductor fuses elementwise steps; ratios against the eager plain runs):")
+        print(format_compiled_table(results))
     print(
         f"targets: IBP fwd <= {TARGETS['fwd']}x plain fwd; IBP f+b <= {TARGETS['fwdbwd']}x plain f+b; "
         f"peak memory <= {TARGETS['memory']}x ('ok' / 'MISS'); '~' = median > {NOISY}x the fastest round "

@@ -27,7 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["interval_linear", "interval_linear_iw", "interval_relu"]
+__all__ = [
+    "interval_linear",
+    "interval_linear_reference",
+    "interval_linear_iw",
+    "interval_relu",
+    "interval_relu_reference",
+]
 
 
 def _flat2(t: Tensor) -> Tensor:
@@ -49,6 +55,13 @@ def _gemm(x: Tensor, w: Tensor, bias: Optional[Tensor], scale: float) -> Tensor:
     return out.reshape(*x.shape[:-1], w.shape[0])
 
 
+def interval_linear_reference(
+    center: Tensor, radius: Tensor, weight: Tensor, abs_weight: Tensor, bias: Optional[Tensor], scale: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Composite (autograd-by-torch) form of :func:`interval_linear`, used under ``torch.compile``."""
+    return _gemm(center, weight, bias, scale), _gemm(radius, abs_weight, None, scale)
+
+
 @torch.library.custom_op("hypercert::interval_linear", mutates_args=())
 def interval_linear(
     center: Tensor, radius: Tensor, weight: Tensor, abs_weight: Tensor, bias: Optional[Tensor], scale: float = 1.0
@@ -59,7 +72,7 @@ def interval_linear(
     reaches ``W`` through it. ``scale`` folds a factor (e.g. 1/2 for sum/difference inputs
     ``l + u``, ``u - l``) into the GEMMs at no cost.
     """
-    return _gemm(center, weight, bias, scale), _gemm(radius, abs_weight, None, scale)
+    return interval_linear_reference(center, radius, weight, abs_weight, bias, scale)
 
 
 @interval_linear.register_fake
@@ -162,6 +175,13 @@ interval_linear_iw.register_autograd(_interval_linear_iw_backward, setup_context
 
 
 # ---------------------------------------------------------------------------- ReLU in centre/radius form
+def interval_relu_reference(center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    """Composite form of :func:`interval_relu` (used under ``torch.compile``, where Inductor fuses it)."""
+    upper = torch.relu(center + radius)
+    new_center = torch.lerp(torch.relu(center - radius), upper, 0.5)
+    return new_center, upper - new_center
+
+
 @torch.library.custom_op("hypercert::interval_relu", mutates_args=())
 def interval_relu(center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
     """ReLU of the box ``[c - r, c + r]``, returned again as (centre, radius).

@@ -31,3 +31,18 @@ def test_interval_relu_matches_endpoint_rule_and_is_sound():
     torch.testing.assert_close(nc - nr, F.relu(c - r), rtol=0, atol=1e-15)
     torch.testing.assert_close(nc + nr, F.relu(c + r), rtol=0, atol=1e-15)
     assert_encloses(Interval.from_center_radius(nc, nr), F.relu(points_in(box, 64)), what="interval_relu")
+
+
+def test_reference_forms_match_the_custom_ops():
+    from intervals.ops import interval_linear, interval_linear_reference, interval_relu_reference
+
+    g = torch.Generator().manual_seed(2)
+    c, r = torch.randn(5, 7, generator=g, dtype=D), torch.rand(5, 7, generator=g, dtype=D)
+    w, b = torch.randn(3, 7, generator=g, dtype=D), torch.randn(3, generator=g, dtype=D)
+    for got, want in zip(interval_relu(c, r), interval_relu_reference(c, r), strict=True):
+        torch.testing.assert_close(got, want)
+    for scale in (1.0, 0.5):
+        got = interval_linear(c, r, w, w.abs(), b, scale)
+        want = interval_linear_reference(c, r, w, w.abs(), b, scale)
+        for a, e in zip(got, want, strict=True):
+            torch.testing.assert_close(a, e)

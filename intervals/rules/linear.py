@@ -112,7 +112,7 @@ def abs_weight(weight: torch.Tensor) -> torch.Tensor:
 
     With autograd recording, ``|W|`` is recomputed so gradients reach ``W`` through ``abs``.
     """
-    if torch.is_grad_enabled() and weight.requires_grad:
+    if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
         return weight.abs()
     hit = _ABS_CACHE.get(weight)
     version = weight._version
@@ -143,6 +143,8 @@ def _linear(x: Any, weight: Any, bias: Any = None) -> Interval:
         if not is_iv(weight) and not is_iv(bias):
             # Point weights: centre through the plain layer (bias folded in), radius through |W|.
             c_in, r_in, scale = _sum_diff(x)
+            if torch.compiler.is_compiling():  # let Inductor see (and fuse around) the GEMMs
+                return Interval._from_cr(*ops.interval_linear_reference(c_in, r_in, weight, weight.abs(), bias, scale))
             return Interval._from_cr(*ops.interval_linear(c_in, r_in, weight, abs_weight(weight), bias, scale))
         if is_iv(weight):
             bc, br = _parts(bias)
