@@ -49,6 +49,18 @@ def boxes(draw, shape=None, dtype=torch.float64, lo=-10.0, hi=10.0, min_side=1, 
     return Interval(lower, upper)
 
 
+def scaled(n: int) -> int:
+    """``n`` examples under the default "ci" profile, proportionally more under "thorough"."""
+    from hypothesis import settings
+
+    return max(n, n * settings.default.max_examples // 60)
+
+
+def as_cr(box: Interval) -> Interval:
+    """The same set held in centre/radius form (rules must handle both representations)."""
+    return Interval.from_center_radius(box.center, box.radius)
+
+
 def points_in(box: Interval, n: int = 16, seed: int = 0) -> torch.Tensor:
     """``n`` points inside ``box`` (stacked on a new leading dim): both corners-by-coordinate
     patterns, all-lower, all-upper, the centre, and uniform samples."""

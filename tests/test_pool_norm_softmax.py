@@ -10,24 +10,9 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from soundness import assert_encloses, boxes, corners
-from soundness import points_in as _points_in
+from soundness import as_cr, assert_encloses, boxes, corners, points_in, scaled
 
 from intervals import Interval, UnsupportedOperation
-
-
-def scaled(n: int) -> int:
-    """``n`` examples under the default "ci" profile, proportionally more under "thorough"."""
-    return max(n, n * settings.default.max_examples // 60)
-
-
-def points_in(box: Interval, n: int = 16, seed: int = 0) -> torch.Tensor:
-    # soundness.points_in computes lo + (hi - lo) * u, which can round an ulp past hi; clamp.
-    return torch.minimum(torch.maximum(_points_in(box, n, seed), box.lower), box.upper)
-
-
-def as_cr(box: Interval) -> Interval:
-    return Interval.from_center_radius(box.center, box.radius)
 
 
 def batched(fn, pts: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from soundness import assert_encloses, boxes
-from soundness import points_in as _points_in
+from soundness import as_cr, assert_encloses, boxes, points_in, scaled
 
 from intervals import Interval, UnsupportedOperation
 
@@ -25,21 +24,6 @@ SHAPES3 = hnp.array_shapes(min_dims=3, max_dims=3, min_side=2, max_side=4)
 
 def box3(dtype=torch.float64):
     return SHAPES3.flatmap(lambda s: boxes(shape=s, dtype=dtype))
-
-
-def scaled(n: int) -> int:
-    """``n`` examples under the default "ci" profile, proportionally more under "thorough"."""
-    return max(n, n * settings.default.max_examples // 60)
-
-
-def points_in(box: Interval, n: int = 16, seed: int = 0) -> torch.Tensor:
-    # soundness.points_in computes lo + (hi - lo) * u, which can round an ulp past hi; clamp.
-    return torch.minimum(torch.maximum(_points_in(box, n, seed), box.lower), box.upper)
-
-
-def as_cr(box: Interval) -> Interval:
-    """The same set held in centre/radius form (rules must handle both representations)."""
-    return Interval.from_center_radius(box.center, box.radius)
 
 
 def check_exact(op, box: Interval, n: int = 10) -> None:
