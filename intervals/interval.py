@@ -103,18 +103,25 @@ class Interval:
         torch.Size([3])
     """
 
-    __slots__ = ("_l", "_u", "_c", "_r", "_rig", "__weakref__")
+    # _l/_u and _c/_r: the two representations, either may be None until derived from the other;
+    # _cr: whether centre/radius is the primary (given) one; _rig: derived values are outward-rounded.
+    __slots__ = ("_l", "_u", "_c", "_r", "_cr", "_rig", "__weakref__")
 
     # ------------------------------------------------------------------ construction
     def __init__(self, lower: Any, upper: Any = None) -> None:
         lo = _as_tensor(lower, "Interval lower")
-        hi = lo if upper is None else _as_tensor(upper, "Interval upper", like=None)
+        # a non-tensor upper (list, number) takes the lower's dtype and device
+        hi = lo if upper is None else _as_tensor(upper, "Interval upper", like=lo)
         _check_pair(lo, hi, ("lower", "upper"), "Interval")
         check_no_nan(lo, "Interval lower")
         if hi is not lo:
             check_no_nan(hi, "Interval upper")
             check_order(lo, hi, "Interval")
+        # Own copies: a later in-place change to the caller's tensors must not alter the box.
+        lo = lo.clone()
+        hi = lo if upper is None else hi.clone()
         self._l, self._u, self._c, self._r = lo, hi, None, None
+        self._cr = False
         self._rig = rounding.is_rigorous()
 
     @classmethod
@@ -122,6 +129,7 @@ class Interval:
         # Trusted constructor used by rules: no validation, no synchronisation.
         self = object.__new__(cls)
         self._l, self._u, self._c, self._r = lower, upper, None, None
+        self._cr = False
         self._rig = rounding.is_rigorous()
         return self
 
@@ -129,6 +137,7 @@ class Interval:
     def _from_cr(cls, center: torch.Tensor, radius: torch.Tensor) -> Interval:
         self = object.__new__(cls)
         self._l, self._u, self._c, self._r = None, None, center, radius
+        self._cr = True
         self._rig = rounding.is_rigorous()
         return self
 
@@ -151,7 +160,7 @@ class Interval:
                 f"from_center_radius: radius shape {tuple(r.shape)} does not broadcast to center shape {tuple(c.shape)}"
             ) from None
         _check_pair(c, r, ("center", "radius"), "from_center_radius")
-        return cls._from_cr(c, r)
+        return cls._from_cr(c.clone(), r.clone())
 
     @classmethod
     def point(cls, x: Any) -> Interval:
@@ -159,6 +168,7 @@ class Interval:
         t = _as_tensor(x, "point")
         _require_float(t, "point")
         check_no_nan(t, "point")
+        t = t.clone()
         return cls._from_lu(t, t)
 
     @classmethod
@@ -211,9 +221,9 @@ class Interval:
                 _check_domain(t < lo_v, "below lo")
             if hi_v is not None:
                 _check_domain(t > hi_v, "above hi")
-        lower, upper = t - e, t + e
         if rounding.is_rigorous():
-            lower, upper = rounding.down(lower), rounding.up(upper)
+            return cls._from_lu(*_rigorous_ball(t, e, lo_v, hi_v))
+        lower, upper = t - e, t + e
         if lo_v is not None:
             lower = torch.maximum(lower, lo_v) if isinstance(lo_v, torch.Tensor) else lower.clamp_min(lo_v)
         if hi_v is not None:
@@ -221,9 +231,20 @@ class Interval:
         return cls._from_lu(lower, upper)
 
     # ------------------------------------------------------------------ representations
+    def _rigorous_view(self) -> None:
+        # A box made outside rigorous mode and used inside it: drop the representation derived with
+        # round-to-nearest and derive it again, outward, from the primary one.
+        if self._cr:
+            self._l = self._u = None
+        else:
+            self._c = self._r = None
+        self._rig = True
+
     @property
     def lower(self) -> torch.Tensor:
         """Lower endpoints."""
+        if not self._rig and rounding.is_rigorous():
+            self._rigorous_view()
         if self._l is None:
             # c - r is NaN only as inf - inf (an overflowed centre with an infinite radius):
             # the bound is then -inf, never NaN.
@@ -234,6 +255,8 @@ class Interval:
     @property
     def upper(self) -> torch.Tensor:
         """Upper endpoints."""
+        if not self._rig and rounding.is_rigorous():
+            self._rigorous_view()
         if self._u is None:
             high = torch.nan_to_num(self._c + self._r, nan=_INF, posinf=_INF, neginf=-_INF)
             self._u = rounding.up(high) if self._rig else high
@@ -247,21 +270,27 @@ class Interval:
         takes a finite stand-in, and :attr:`radius` is then infinite, so that
         ``[center - radius, center + radius]`` still contains the box.
         """
+        if not self._rig and rounding.is_rigorous():
+            self._rigorous_view()
         if self._c is None:
             self._c = torch.nan_to_num(torch.add(self._l * 0.5, self._u, alpha=0.5), nan=0.0)
         return self._c
 
     @property
     def radius(self) -> torch.Tensor:
-        """Half-widths; ``[center - radius, center + radius]`` contains ``[lower, upper]``."""
+        """Half-widths; ``[center - radius, center + radius]`` contains ``[lower, upper]``.
+
+        Derived as ``max(upper - center, center - lower)`` so it covers both endpoints whatever
+        the rounding (or underflow) of the centre.
+        """
+        if not self._rig and rounding.is_rigorous():
+            self._rigorous_view()
         if self._r is None:
-            if self._rig:
-                c = self.center
-                self._r = rounding.up(torch.maximum(self._u - c, c - self._l))
-            else:
-                self._r = torch.sub(self._u * 0.5, self._l, alpha=0.5)
+            c = self.center
+            r = torch.maximum(self._u - c, c - self._l)
             # an infinite side makes the radius inf (or NaN for [inf, inf]): make it +inf
-            self._r = torch.nan_to_num(self._r, nan=_INF, posinf=_INF)
+            r = torch.nan_to_num(r, nan=_INF, posinf=_INF)
+            self._r = rounding.up(r) if self._rig else r
         return self._r
 
     @property
@@ -332,7 +361,7 @@ class Interval:
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Interval:
         out = object.__new__(Interval)
         out._l, out._u, out._c, out._r = (None if t is None else fn(t) for t in (self._l, self._u, self._c, self._r))
-        out._rig = self._rig
+        out._cr, out._rig = self._cr, self._rig
         return out
 
     def to(self, *args: Any, **kwargs: Any) -> Interval:
@@ -342,6 +371,9 @@ class Interval:
             lo, hi = rounding.cast_outward(self.lower.to(torch.float64), self.upper.to(torch.float64), out.dtype)
             out = Interval._from_lu(lo.to(out.device), hi.to(out.device))
         return out
+
+    def half(self) -> Interval:
+        return self.to(torch.float16)
 
     def double(self) -> Interval:
         return self.to(torch.float64)
@@ -379,6 +411,14 @@ class Interval:
             f"max width {(hi - lo).max().item():.4g})"
         )
 
+    def __eq__(self, other: object) -> bool:
+        raise UnsupportedOperation("Interval.__eq__", "comparing intervals has no single truth value; compare bounds")
+
+    def __ne__(self, other: object) -> bool:
+        raise UnsupportedOperation("Interval.__ne__", "comparing intervals has no single truth value; compare bounds")
+
+    __hash__ = object.__hash__
+
     def __bool__(self) -> bool:
         raise UnsupportedOperation("Interval.__bool__", "the truth value of an interval is undefined")
 
@@ -399,6 +439,22 @@ class Interval:
 
 
 TensorOrInterval = "torch.Tensor | Interval"
+
+
+def _rigorous_ball(
+    t: torch.Tensor, e: float | torch.Tensor, lo: float | torch.Tensor | None, hi: float | torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # x -/+ eps and the domain limits in float64, where a float32 x and a Python eps are exact
+    # operands, then one outward step and an outward cast: eps = 0.7 is not rounded to float32
+    # first, and a domain limit like 0.1 is rounded down (lower) / up (upper), never inward.
+    t64 = t.to(torch.float64)
+    e64 = e.to(torch.float64) if isinstance(e, torch.Tensor) else e
+    low, high = rounding.down(t64 - e64), rounding.up(t64 + e64)
+    if lo is not None:
+        low = torch.maximum(low, torch.as_tensor(lo, dtype=torch.float64, device=t.device))
+    if hi is not None:
+        high = torch.minimum(high, torch.as_tensor(hi, dtype=torch.float64, device=t.device))
+    return rounding.cast_outward(low, high, t.dtype)
 
 
 def _check_domain(mask: torch.Tensor, what: str) -> None:

@@ -52,6 +52,20 @@ def _exact_number(s: Any, like: torch.Tensor) -> Any:
     return Interval._from_lu(low, high)
 
 
+def exact_operand(s: Any, like: torch.Tensor) -> Any:
+    """Rigorous mode: a non-Interval operand, as an outward-rounded point Interval if the op's dtype
+    cannot hold it exactly (a Python number, or a tensor that type promotion would round)."""
+    if isinstance(s, numbers.Number):
+        return _exact_number(s, like)
+    if isinstance(s, torch.Tensor):
+        result = torch.result_type(like, s)
+        if s.dtype == result or not result.is_floating_point:
+            return s
+        s64 = s.to(torch.float64)
+        return Interval._from_lu(*rounding.cast_outward(s64, s64, result))
+    return s
+
+
 def _like(a: Any, b: Any) -> torch.Tensor:
     iv = a if is_iv(a) else b
     return iv.lower if iv._l is not None else iv._c
@@ -60,10 +74,8 @@ def _like(a: Any, b: Any) -> torch.Tensor:
 def add(a: Any, b: Any, *, alpha: float = 1) -> Interval:
     """``a + alpha * b`` for intervals, tensors and numbers."""
     if rounding.is_rigorous():
-        if isinstance(a, numbers.Number):
-            a = _exact_number(a, _like(a, b))
-        if isinstance(b, numbers.Number):
-            b = _exact_number(b, _like(a, b))
+        like = _like(a, b)
+        a, b = exact_operand(a, like), exact_operand(b, like)
         if alpha != 1:
             # alpha * b is rounded too: make b an Interval so the product is rounded outward.
             if not is_iv(b):
@@ -105,8 +117,8 @@ def mul(a: Any, b: Any) -> Interval:
     """Elementwise product; the min/max of the endpoint products."""
     if not is_iv(a):
         a, b = b, a
-    if isinstance(b, numbers.Number) and rounding.is_rigorous():
-        b = _exact_number(b, _like(a, b))
+    if rounding.is_rigorous() and not is_iv(b):
+        b = exact_operand(b, _like(a, b))
     if not is_iv(b):
         if isinstance(b, numbers.Number):
             if b == 0:
@@ -130,10 +142,8 @@ def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Interval:
     if rounding_mode is not None:
         raise UnsupportedOperation("torch.div", f"rounding_mode={rounding_mode!r} is not supported")
     if rounding.is_rigorous():
-        if isinstance(b, numbers.Number):
-            b = _exact_number(b, _like(a, b))
-        if isinstance(a, numbers.Number):
-            a = _exact_number(a, _like(a, b))
+        like = _like(a, b)
+        a, b = exact_operand(a, like), exact_operand(b, like)
     if isinstance(b, numbers.Number):
         if b == 0 or abs(b) <= rounding.denorm_min(a.dtype) / 2:  # 0 once rounded to the dtype
             full = torch.full_like(a.lower, _INF)
@@ -287,6 +297,9 @@ def _logsumexp(x: Interval, dim: Any, keepdim: bool = False) -> Interval:
 # ---------------------------------------------------------------------------- max / min / clamp
 @implements(torch.maximum, _T.maximum, torch.fmax)
 def _maximum(a: Any, b: Any) -> Interval:
+    if rounding.is_rigorous():
+        like = _like(a, b)
+        a, b = exact_operand(a, like), exact_operand(b, like)
     al, au = endpoints(a)
     bl, bu = endpoints(b)
     return Interval._from_lu(torch.maximum(al, bl), torch.maximum(au, bu))
@@ -294,6 +307,9 @@ def _maximum(a: Any, b: Any) -> Interval:
 
 @implements(torch.minimum, _T.minimum, torch.fmin)
 def _minimum(a: Any, b: Any) -> Interval:
+    if rounding.is_rigorous():
+        like = _like(a, b)
+        a, b = exact_operand(a, like), exact_operand(b, like)
     al, au = endpoints(a)
     bl, bu = endpoints(b)
     return Interval._from_lu(torch.minimum(al, bl), torch.minimum(au, bu))
@@ -303,6 +319,10 @@ def clamp(x: Any, min: Any = None, max: Any = None) -> Interval:
     """``clamp`` is non-decreasing in ``x``, ``min`` and ``max``, so endpoints map to endpoints."""
     if min is None and max is None:
         raise UnsupportedOperation("torch.clamp", "at least one of min and max must be given")
+    if rounding.is_rigorous():  # a bound the dtype cannot hold is rounded down/up for lower/upper
+        like = x.lower if is_iv(x) else _like(min, max) if is_iv(min) or is_iv(max) else x
+        min = None if min is None else exact_operand(min, like)
+        max = None if max is None else exact_operand(max, like)
     xl, xu = endpoints(x)
     mnl, mnu = endpoints(min)
     mxl, mxu = endpoints(max)

@@ -29,6 +29,7 @@ from ..errors import UnsupportedOperation
 from ..registry import implements
 from . import _common
 from ._common import Interval, PointBounds, decreasing, increasing, piecewise_candidates, require_domain
+from .arithmetic import clamp
 
 _T = torch.Tensor
 _INF = float("inf")
@@ -286,12 +287,12 @@ def _softplus(x: Interval, beta: float = 1.0, threshold: float = 20.0) -> Interv
 
 @implements(F.hardtanh, F.hardtanh_ if hasattr(F, "hardtanh_") else None)
 def _hardtanh(x: Interval, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Interval:
-    return Interval._from_lu(x.lower.clamp(min_val, max_val), x.upper.clamp(min_val, max_val))
+    return clamp(x, min_val, max_val)
 
 
 @implements(F.relu6)
 def _relu6(x: Interval, inplace: bool = False) -> Interval:
-    return Interval._from_lu(x.lower.clamp(0, 6), x.upper.clamp(0, 6))
+    return clamp(x, 0.0, 6.0)
 
 
 @implements(F.hardsigmoid)

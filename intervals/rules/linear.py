@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import ops, rounding
 from ..registry import implements
@@ -103,26 +102,6 @@ def _bilinear_rigorous(op: Bilinear, x: Any, w: Any, bias: Any, terms: int, add_
     )
 
 
-# Keyed by tensor identity (tensors define elementwise ==), dropped when the weight is freed.
-_ABS_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def abs_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``|W|``, cached per weight tensor while it is unchanged and no gradient is being recorded.
-
-    With autograd recording, ``|W|`` is recomputed so gradients reach ``W`` through ``abs``.
-    """
-    if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
-        return weight.abs()
-    hit = _ABS_CACHE.get(weight)
-    version = weight._version
-    if hit is not None and hit[0] == version:
-        return hit[1]
-    result = weight.detach().abs()
-    _ABS_CACHE[weight] = (version, result)
-    return result
-
-
 def _sum_diff(x: Interval) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Inputs for a point-weight layer: ``(c, r, 1)``, or from endpoint form ``(l + u, u - l, 1/2)``.
 
@@ -143,9 +122,10 @@ def _linear(x: Any, weight: Any, bias: Any = None) -> Interval:
         if not is_iv(weight) and not is_iv(bias):
             # Point weights: centre through the plain layer (bias folded in), radius through |W|.
             c_in, r_in, scale = _sum_diff(x)
-            if torch.compiler.is_compiling():  # let Inductor see (and fuse around) the GEMMs
-                return Interval._from_cr(*ops.interval_linear_reference(c_in, r_in, weight, weight.abs(), bias, scale))
-            return Interval._from_cr(*ops.interval_linear(c_in, r_in, weight, abs_weight(weight), bias, scale))
+            # |W| is recomputed on every call: a cache keyed on the version counter would go stale
+            # under `weight.data` updates (clipping, EMA), which do not bump it.
+            linear = ops.interval_linear_reference if torch.compiler.is_compiling() else ops.interval_linear
+            return Interval._from_cr(*linear(c_in, r_in, weight, weight.abs(), bias, scale))
         if is_iv(weight):
             bc, br = _parts(bias)
             return Interval._from_cr(*ops.interval_linear_iw(x.center, x.radius, weight.center, weight.radius, bc, br))
@@ -182,7 +162,7 @@ def _conv_rule(conv: Callable[..., torch.Tensor], nd: int):
         terms = math.prod(weight.shape[1:])
         if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous() and is_iv(x):
             c_in, r_in, scale = _sum_diff(x)
-            w, w_abs = weight, abs_weight(weight)
+            w, w_abs = weight, weight.abs()
             if scale != 1.0:  # conv weights are small next to activations: scale them instead
                 w, w_abs = weight * scale, w_abs * scale
             return Interval._from_cr(conv(c_in, w, bias, stride, padding, dilation, groups), op(r_in, w_abs))

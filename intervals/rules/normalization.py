@@ -61,12 +61,13 @@ def _batch_norm(
     scale = torch.rsqrt(var + eps)
     if w is not None:
         scale = scale * w
-    shift = -mean * scale
-    if b is not None:
-        shift = shift + b
     # inf * 0 (an unbounded input in a zero-weight channel) is NaN; the true radius there is 0
     radius = torch.nan_to_num(x.radius * scale.abs(), nan=0.0, posinf=float("inf"))
-    return Interval._from_cr(torch.addcmul(shift, x.center, scale), radius)
+    # (c - mean) * scale, as torch computes it: folding -mean * scale into a shift first would
+    # cancel catastrophically when |mean| is large against the standard deviation.
+    centred = x.center - mean
+    center = centred * scale if b is None else torch.addcmul(b, centred, scale)
+    return Interval._from_cr(center, radius)
 
 
 @implements(F.layer_norm)

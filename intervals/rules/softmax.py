@@ -42,6 +42,14 @@ def log_softmax_bounds(x: Interval, dim: int) -> tuple[torch.Tensor, torch.Tenso
     rigorous = rounding.is_rigorous()
     if rigorous:
         lo, hi = lo.to(torch.float64), hi.to(torch.float64)
+    # log_softmax is shift-invariant: subtract the row maximum so the rounding error scales with
+    # the spread of the logits, not their magnitude (1e10 - logaddexp(1e10, ...) loses everything).
+    shift = hi.detach().amax(dim, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    if rigorous:  # the shifted endpoints must still enclose the box: round them outward
+        lo, hi = rounding.down(lo - shift), rounding.up(hi - shift)
+    else:
+        lo, hi = lo - shift, hi - shift
     lower = lo - torch.logaddexp(lo, _exclusive_logsumexp(hi, dim))
     upper = hi - torch.logaddexp(hi, _exclusive_logsumexp(lo, dim))
     # An infinite endpoint gives inf - inf = NaN; the sound values there are -inf and 0.
