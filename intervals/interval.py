@@ -434,6 +434,8 @@ class Interval:
         if rule is None:
             raise UnsupportedOperation(func_name(func))
         if kwargs:
+            if kwargs.get("out") is not None:
+                raise UnsupportedOperation(func_name(func), "out= cannot hold an Interval; use the returned value")
             return rule(*args, **kwargs)
         return rule(*args)
 
@@ -509,6 +511,19 @@ for _name, _fn in (
     setattr(Interval, _name, _reflected(_fn))
 
 Interval.__pos__ = lambda self: self  # type: ignore[attr-defined]
+
+
+def _rpow(self: Interval, base: Any) -> Interval:
+    """``base ** box`` for a number ``base > 0``: monotone in the exponent."""
+    if not isinstance(base, numbers.Real) or isinstance(base, bool) or not base > 0:
+        raise UnsupportedOperation("Tensor.__rpow__", "only a positive number raised to an Interval is supported")
+    from .rules._common import decreasing, increasing
+
+    fn = lambda t: torch.pow(base, t)  # noqa: E731
+    return increasing(fn, self) if base >= 1 else decreasing(fn, self)
+
+
+Interval.__rpow__ = _rpow  # type: ignore[attr-defined]
 Interval.T = property(lambda self: self.t())  # type: ignore[attr-defined]
 Interval.mT = property(lambda self: self.transpose(-2, -1))  # type: ignore[attr-defined]
 

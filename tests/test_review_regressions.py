@@ -97,3 +97,27 @@ def test_comparisons_raise_and_upper_takes_lower_dtype():
     y = Interval(torch.zeros(1, dtype=torch.float64), [2.0])
     assert y.dtype == torch.float64 and y.half().dtype == torch.float16
     assert math.isfinite(float(y.upper))
+
+
+def test_gelu_silu_unbounded_below_give_no_nan():
+    box = Interval(torch.tensor([-float("inf"), -float("inf")]), torch.tensor([-10.0, float("inf")]))
+    for fn in (F.gelu, F.silu, lambda t: F.gelu(t, approximate="tanh")):
+        out = fn(box)
+        assert not torch.isnan(out.lower).any() and not torch.isnan(out.upper).any()
+        assert out.contains(fn(torch.tensor([-50.0, 3.0]))).all()
+
+
+def test_nan_operands_out_kwarg_and_rpow():
+    x = Interval(torch.zeros(2), torch.ones(2))
+    nan = float("nan")
+    for bad in (lambda: x * nan, lambda: x + nan, lambda: x / nan, lambda: x**nan):
+        with pytest.raises(intervals.IntervalError, match="NaN"):
+            bad()
+    with pytest.raises(UnsupportedOperation, match="out="):
+        torch.add(x, 1, out=torch.empty(2))
+    y = 2**x
+    assert torch.equal(y.lower, torch.ones(2)) and torch.equal(y.upper, torch.full((2,), 2.0))
+    z = torch.pow(0.5, x)
+    assert torch.equal(z.lower, torch.full((2,), 0.5)) and torch.equal(z.upper, torch.ones(2))
+    with pytest.raises(UnsupportedOperation, match="positive number"):
+        (-2) ** x

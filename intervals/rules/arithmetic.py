@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import rounding
-from ..errors import UnsupportedOperation
+from ..errors import IntervalError, UnsupportedOperation
 from ..registry import implements
 from ._common import Interval, endpoints, is_iv
 
@@ -71,8 +71,15 @@ def _like(a: Any, b: Any) -> torch.Tensor:
     return iv.lower if iv._l is not None else iv._c
 
 
+def _reject_nan_number(op: str, *operands: Any) -> None:
+    for v in operands:
+        if isinstance(v, float) and v != v:
+            raise IntervalError(f"{op}: operand is NaN")
+
+
 def add(a: Any, b: Any, *, alpha: float = 1) -> Interval:
     """``a + alpha * b`` for intervals, tensors and numbers."""
+    _reject_nan_number("torch.add", a, b, alpha)
     if rounding.is_rigorous():
         like = _like(a, b)
         a, b = exact_operand(a, like), exact_operand(b, like)
@@ -115,6 +122,7 @@ def sub(a: Any, b: Any, *, alpha: float = 1) -> Interval:
 
 def mul(a: Any, b: Any) -> Interval:
     """Elementwise product; the min/max of the endpoint products."""
+    _reject_nan_number("torch.mul", a, b)
     if not is_iv(a):
         a, b = b, a
     if rounding.is_rigorous() and not is_iv(b):
@@ -141,6 +149,7 @@ def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Interval:
     """Elementwise quotient; ``[-inf, inf]`` where the divisor's interval contains 0."""
     if rounding_mode is not None:
         raise UnsupportedOperation("torch.div", f"rounding_mode={rounding_mode!r} is not supported")
+    _reject_nan_number("torch.div", a, b)
     if rounding.is_rigorous():
         like = _like(a, b)
         a, b = exact_operand(a, like), exact_operand(b, like)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops, rounding
-from ..errors import UnsupportedOperation
+from ..errors import IntervalError, UnsupportedOperation
 from ..registry import implements
 from . import _common
 from ._common import Interval, PointBounds, decreasing, increasing, piecewise_candidates, require_domain
@@ -210,12 +210,16 @@ def _pow_scalar(x: Interval, p: float) -> Interval:
 
 @implements(torch.pow, _T.pow, _T.__pow__)
 def _pow(x: Any, exponent: Any) -> Interval:
+    if isinstance(exponent, Interval) and isinstance(x, numbers.Real):
+        return exponent.__rpow__(x)
     if not isinstance(x, Interval) or isinstance(exponent, Interval):
         raise UnsupportedOperation("torch.pow", "only an Interval base with a number exponent is supported")
     if isinstance(exponent, torch.Tensor) and exponent.numel() == 1:
         exponent = exponent.item()
     if not isinstance(exponent, numbers.Real):
         raise UnsupportedOperation("torch.pow", "the exponent must be a number")
+    if exponent != exponent:
+        raise IntervalError("torch.pow: exponent is NaN")
     return _pow_scalar(x, float(exponent))
 
 
@@ -350,6 +354,11 @@ def _round_down(value: float, dtype: torch.dtype) -> float:
     return _min_cache[key]
 
 
+def _limit_at_infinity(values: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    nan = torch.isnan(values)
+    return torch.where(nan, torch.where(at > 0, float("inf"), 0.0), values)
+
+
 def unimodal(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: Interval,
@@ -369,7 +378,8 @@ def unimodal(
         (f_lo_lo, f_lo_hi), (f_hi_lo, f_hi_hi) = pb(lo.to(_F64)), pb(hi.to(_F64))
         lower, upper = rounding.cast_outward(torch.minimum(f_lo_lo, f_hi_lo), torch.maximum(f_lo_hi, f_hi_hi), lo.dtype)
         return Interval._from_lu(torch.where(straddles, min_value, lower), upper)
-    f_lo, f_hi = fn(lo), fn(hi)
+    # torch may evaluate f(+-inf) as inf * 0 = NaN; the limits are 0 at -inf and +inf at +inf.
+    f_lo, f_hi = _limit_at_infinity(fn(lo), lo), _limit_at_infinity(fn(hi), hi)
     return Interval._from_lu(torch.where(straddles, min_value, torch.minimum(f_lo, f_hi)), torch.maximum(f_lo, f_hi))
 
 

@@ -61,8 +61,9 @@ def _batch_norm(
     scale = torch.rsqrt(var + eps)
     if w is not None:
         scale = scale * w
-    # inf * 0 (an unbounded input in a zero-weight channel) is NaN; the true radius there is 0
-    radius = torch.nan_to_num(x.radius * scale.abs(), nan=0.0, posinf=float("inf"))
+    # inf * 0 (an unbounded input in a zero-weight channel) gives a NaN radius, which every
+    # conversion to endpoints reads as unbounded: sound, and no extra pass on the hot path.
+    radius = x.radius * scale.abs()
     # (c - mean) * scale, as torch computes it: folding -mean * scale into a shift first would
     # cancel catastrophically when |mean| is large against the standard deviation.
     centred = x.center - mean
