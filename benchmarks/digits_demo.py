@@ -39,7 +39,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from intervals import Interval, is_rigorous, rigorous
+from certify.bounds import margin_bounds, other_classes, spec_matrix
+from intervals import Interval, rigorous
 
 __all__ = [
     "build_mlp",
@@ -48,6 +49,7 @@ __all__ = [
     "main",
     "naive_certified",
     "pgd_attack",
+    "other_classes",
     "spec_matrix",
     "train",
 ]
@@ -94,53 +96,15 @@ def train(
 
 
 # ---------------------------------------------------------------------------- certification
-def spec_matrix(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``C`` of shape ``(B, K-1, K)``: for sample ``b``, rows ``e_{y_b} - e_j`` for every ``j != y_b``."""
-    eye = torch.eye(num_classes, dtype=dtype)
-    c = eye[y].unsqueeze(1) - eye.unsqueeze(0)  # (B, K, K): row j = e_y - e_j
-    keep = ~F.one_hot(y, num_classes).bool()  # drop the j == y row (all zeros)
-    return c[keep].reshape(len(y), num_classes - 1, num_classes)
-
-
-def other_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``(B, K-1)`` indices ``j != y_b`` in the row order of :func:`spec_matrix`."""
-    idx = torch.arange(num_classes).expand(len(y), num_classes)
-    return idx[idx != y.unsqueeze(1)].reshape(len(y), num_classes - 1)
-
-
 def certify_margins(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """Sound lower bounds ``(B, K-1)`` of the margins ``z_y - z_j`` over the L-inf ``eps`` box in [0, 1].
 
-    The network up to its last layer maps the input box to a box ``h`` (interval bound
-    propagation); the last layer ``z = W h + b`` is applied already multiplied by the
-    specification, ``W' = C W`` (``(B, K-1, H)``) and ``b' = C b``, so that the margin box is
-    ``W' h_c + b'`` +- ``|W'| h_r`` (batched ``torch.bmm``).
-
-    Inside :func:`intervals.rigorous` the float32 differences ``W_y - W_j`` may round, so ``W'`` and
-    ``b'`` are formed as outward-rounded intervals and the product goes through the library's
-    outward-rounded ``bmm`` rule (Rump's midpoint-radius product) instead.
+    :func:`certify.bounds.margin_bounds`: interval bound propagation up to the last layer, whose
+    weights are multiplied by the specification (``W' = C W``, rows ``W_y - W_j``); inside
+    :func:`intervals.rigorous` those differences are outward-rounded intervals.
     """
-    body, last = model[:-1], model[-1]
-    if not isinstance(last, nn.Linear):
-        raise TypeError(f"the last module must be nn.Linear to fold the specification in, got {type(last).__name__}")
-    k = last.out_features
     with torch.no_grad():
-        h = body(Interval.linf_ball(x, eps, lo=0.0, hi=1.0))
-        if is_rigorous():
-            others = other_classes(y, k)
-            w_spec_iv = Interval.point(last.weight[y].unsqueeze(1).expand(-1, k - 1, -1)) - last.weight[others]
-            margin = torch.bmm(w_spec_iv, h.unsqueeze(-1)).squeeze(-1)
-            if last.bias is not None:
-                margin = margin + (Interval.point(last.bias[y].unsqueeze(1).expand(-1, k - 1)) - last.bias[others])
-            return margin.lower
-        c = spec_matrix(y, k, last.weight.dtype)
-        w_spec = c @ last.weight  # (B, K-1, H); row j = W_y - W_j
-        b_spec = c @ last.bias if last.bias is not None else None  # (B, K-1)
-        centre = torch.bmm(w_spec, h.center.unsqueeze(-1)).squeeze(-1)
-        radius = torch.bmm(w_spec.abs(), h.radius.unsqueeze(-1)).squeeze(-1)
-        if b_spec is not None:
-            centre = centre + b_spec
-        return centre - radius
+        return margin_bounds(model, x, y, eps, lo=0.0, hi=1.0)
 
 
 def naive_certified(out: Interval, y: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,12 @@
 """hypercert.certify: certified robustness on top of :mod:`intervals`.
 
-Reference architectures (:mod:`certify.models`) from the certified-training literature as plain
-``nn.Sequential`` builders, usable unchanged on tensors and on :class:`intervals.Interval` boxes.
+* :mod:`certify.bounds`: output and margin bounds over L-inf boxes (interval bound propagation),
+  with the specification folded into the last layer, and the certificate built on them.
+* :mod:`certify.models`: reference architectures from the certified-training literature as plain
+  ``nn.Sequential`` builders, usable unchanged on tensors and on :class:`intervals.Interval` boxes.
 """
 
+from .bounds import METHODS, certified, compute_bounds, margin_bounds
 from .models import MODELS, build_model
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["METHODS", "MODELS", "build_model", "certified", "compute_bounds", "margin_bounds"]

@@ -1,0 +1,134 @@
+"""Output and margin bounds over L-inf input boxes, and the certificate built on them.
+
+A certificate for ``(x, y)`` at radius ``eps`` is ``lower(z_y - z_j) > 0`` for every ``j != y``,
+computed on the *margins* through a specification matrix ``C`` (rows ``e_y - e_j``), not by
+comparing output bounds (``argmax(lower) == y`` is not a certificate). When the network ends in an
+``nn.Linear``, ``C`` is folded into that layer (``W' = C W``, ``b' = C b``), which is exact for the
+last layer and tighter than subtracting output bounds.
+
+Methods: ``"ibp"`` (interval bound propagation through :mod:`intervals`).
+
+Example:
+    >>> import torch
+    >>> from certify.bounds import certified, margin_bounds
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    >>> margin_bounds(net, x, y, eps=0.01).shape
+    torch.Size([5, 2])
+    >>> certified(net, x, y, eps=0.01).dtype
+    torch.bool
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from intervals import Interval, IntervalError, is_rigorous
+
+__all__ = ["METHODS", "compute_bounds", "margin_bounds", "certified", "spec_matrix", "other_classes"]
+
+#: Bound methods available to :func:`compute_bounds` and :func:`margin_bounds`.
+METHODS = ("ibp",)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown bound method {method!r}; available: {', '.join(METHODS)}")
+
+
+def compute_bounds(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float | torch.Tensor,
+    method: str = "ibp",
+    lo: float | torch.Tensor | None = None,
+    hi: float | torch.Tensor | None = None,
+) -> Interval:
+    """Sound bounds of ``model``'s outputs over ``{x' : |x' - x|_inf <= eps} ∩ [lo, hi]``.
+
+    Differentiable: a loss on the returned bounds backpropagates to the model's parameters.
+    """
+    _check_method(method)
+    return model(Interval.linf_ball(x, eps, lo=lo, hi=hi))
+
+
+def spec_matrix(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``C`` of shape ``(B, K-1, K)``: for sample ``b``, rows ``e_{y_b} - e_j`` for every ``j != y_b``."""
+    eye = torch.eye(num_classes, dtype=dtype, device=y.device)
+    c = eye[y].unsqueeze(1) - eye.unsqueeze(0)
+    keep = ~F.one_hot(y, num_classes).bool()
+    return c[keep].reshape(len(y), num_classes - 1, num_classes)
+
+
+def other_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(B, K-1)`` indices ``j != y_b`` in the row order of :func:`spec_matrix`."""
+    idx = torch.arange(num_classes, device=y.device).expand(len(y), num_classes)
+    return idx[idx != y.unsqueeze(1)].reshape(len(y), num_classes - 1)
+
+
+def _check_labels(y: torch.Tensor, batch: int, num_classes: int | None) -> None:
+    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise IntervalError(f"labels y must be an integer tensor, got {getattr(y, 'dtype', type(y).__name__)}")
+    if y.shape != (batch,):
+        raise IntervalError(f"labels y must have shape ({batch},) to match x, got {tuple(y.shape)}")
+    if num_classes is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise IntervalError(f"labels y must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
+
+
+def margin_bounds(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    method: str = "ibp",
+    lo: float | torch.Tensor | None = None,
+    hi: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sound lower bounds ``(B, K-1)`` of ``z_y - z_j`` for every ``j != y`` (order of :func:`other_classes`).
+
+    For an ``nn.Sequential`` ending in ``nn.Linear`` the specification is folded into that layer;
+    any other model gets ``lower(z_y) - upper(z_j)`` (sound, looser). Inside
+    :func:`intervals.rigorous` the folded weights ``W_y - W_j`` are formed as outward-rounded
+    intervals, so the float differences cannot round the certificate into unsoundness.
+    """
+    _check_method(method)
+    last = model[-1] if isinstance(model, nn.Sequential) and len(model) else None
+    k = last.out_features if isinstance(last, nn.Linear) else None
+    _check_labels(y, x.shape[0], k)
+    box = Interval.linf_ball(x, eps, lo=lo, hi=hi)
+    if k is None:
+        out = model(box)
+        others = other_classes(y, out.shape[-1])
+        lower_y = out.lower.gather(1, y.unsqueeze(1))
+        return lower_y - out.upper.gather(1, others)
+    h = model[:-1](box)
+    others = other_classes(y, k)
+    if is_rigorous():
+        w_spec = Interval.point(last.weight[y].unsqueeze(1).expand(-1, k - 1, -1)) - last.weight[others]
+        margin = torch.bmm(w_spec, h.unsqueeze(-1)).squeeze(-1)
+        if last.bias is not None:
+            margin = margin + (Interval.point(last.bias[y].unsqueeze(1).expand(-1, k - 1)) - last.bias[others])
+        return margin.lower
+    c = spec_matrix(y, k, last.weight.dtype)
+    w_spec = c @ last.weight  # (B, K-1, H): row j is W_y - W_j
+    centre = torch.bmm(w_spec, h.center.unsqueeze(-1)).squeeze(-1)
+    radius = torch.bmm(w_spec.abs(), h.radius.unsqueeze(-1)).squeeze(-1)
+    if last.bias is not None:
+        centre = centre + c @ last.bias
+    return centre - radius
+
+
+def certified(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    method: str = "ibp",
+    lo: float | torch.Tensor | None = None,
+    hi: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boolean ``(B,)``: True where every margin lower bound is positive (a sound certificate)."""
+    with torch.no_grad():
+        return (margin_bounds(model, x, y, eps, method, lo, hi) > 0).all(dim=1)
