@@ -121,3 +121,10 @@ def test_nan_operands_out_kwarg_and_rpow():
     assert torch.equal(z.lower, torch.full((2,), 0.5)) and torch.equal(z.upper, torch.ones(2))
     with pytest.raises(UnsupportedOperation, match="positive number"):
         (-2) ** x
+
+
+def test_zero_dim_softmax_and_empty_mean():
+    x = Interval(torch.tensor(1.0), torch.tensor(2.0))
+    assert F.softmax(x, 0).lower.item() == 1.0 and F.log_softmax(x, 0).upper.item() == 0.0
+    empty = Interval(torch.zeros(0), torch.zeros(0)).mean()
+    assert empty.lower.item() == -float("inf") and empty.upper.item() == float("inf")

@@ -243,7 +243,7 @@ def _sum(x: Interval, dim: Any = None, keepdim: bool = False, *, dtype: torch.dt
 def _mean(x: Interval, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> Interval:
     n = _reduced_count(x, dim)
     total = _sum(x, dim, keepdim, dtype=dtype)
-    return div(total, float(n)) if n else total
+    return div(total, float(n))  # an empty mean is undefined: division by 0 gives [-inf, inf]
 
 
 def _monotone_reduction(func: Any):

@@ -39,6 +39,9 @@ def _exclusive_logsumexp(t: torch.Tensor, dim: int) -> torch.Tensor:
 def log_softmax_bounds(x: Interval, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Tight lower/upper bounds of ``log_softmax(x, dim)`` over the box ``x``."""
     lo, hi = x.lower, x.upper
+    if lo.dim() == 0:  # a single logit: its log-probability is exactly 0
+        zero = torch.zeros_like(lo)
+        return zero, zero
     rigorous = rounding.is_rigorous()
     if rigorous:
         lo, hi = lo.to(torch.float64), hi.to(torch.float64)
