@@ -176,25 +176,27 @@ interval_linear_iw.register_autograd(_interval_linear_iw_backward, setup_context
 
 # ---------------------------------------------------------------------------- ReLU in centre/radius form
 def interval_relu_reference(center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
-    """Composite form of :func:`interval_relu` (used under ``torch.compile``, where Inductor fuses it)."""
-    upper = torch.relu(center + radius)
-    new_center = torch.lerp(torch.relu(center - radius), upper, 0.5)
-    return new_center, upper - new_center
+    """ReLU of the box ``[c - r, c + r]`` as (centre, radius), in four memory passes.
+
+    With ``h = (c + r) / 2`` the three cases (active ``c >= r``, inactive ``c <= -r``, straddling)
+    collapse to ``radius' = clamp(h, 0, r)`` and ``centre' = max(c, h, 0)``: an active unit keeps its
+    box bit for bit, an inactive one becomes ``[0, 0]`` and a straddling one ``[0, 2h]``.
+    """
+    half = torch.lerp(center, radius, 0.5)
+    new_radius = torch.clamp(half, min=torch.zeros((), dtype=half.dtype, device=half.device), max=radius)
+    new_center = torch.maximum(center, half).clamp_min_(0)
+    return new_center, new_radius
 
 
 @torch.library.custom_op("hypercert::interval_relu", mutates_args=())
 def interval_relu(center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
     """ReLU of the box ``[c - r, c + r]``, returned again as (centre, radius).
 
-    ``u = relu(c + r)``, ``l = relu(c - r)``, centre ``(l + u) / 2`` and radius ``u - centre``: six
-    memory passes and no endpoint tensors kept alive. For backward only the outputs are saved
-    (which the next linear layer keeps anyway): ``u > 0`` iff ``centre > 0`` and ``l > 0`` iff
-    ``centre > radius``.
+    Forward: :func:`interval_relu_reference`. For backward only the outputs are saved (the next
+    linear layer keeps them anyway): ``u > 0`` iff ``centre' > 0`` and ``l > 0`` iff
+    ``centre' > radius'``.
     """
-    upper = torch.add(center, radius).clamp_min_(0)
-    lower = torch.sub(center, radius).clamp_min_(0)
-    new_center = torch.lerp(lower, upper, 0.5)
-    return new_center, upper.sub_(new_center)
+    return interval_relu_reference(center, radius)
 
 
 @interval_relu.register_fake
