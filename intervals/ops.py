@@ -176,13 +176,14 @@ interval_linear_iw.register_autograd(_interval_linear_iw_backward, setup_context
 
 # ---------------------------------------------------------------------------- ReLU in centre/radius form
 def interval_relu_reference(center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
-    """ReLU of the box ``[c - r, c + r]`` as (centre, radius), in four memory passes.
+    """ReLU of the box ``[c - r, c + r]`` as (centre, radius), in five memory passes.
 
     With ``h = (c + r) / 2`` the three cases (active ``c >= r``, inactive ``c <= -r``, straddling)
-    collapse to ``radius' = clamp(h, 0, r)`` and ``centre' = max(c, h, 0)``: an active unit keeps its
-    box bit for bit, an inactive one becomes ``[0, 0]`` and a straddling one ``[0, 2h]``.
+    collapse to ``radius' = clamp(h, 0, r)`` and ``centre' = max(c, h, 0)``. ``h`` is ``fl(c + r)``
+    halved (exact), so by monotone rounding an active unit keeps its box bit for bit, an inactive
+    one becomes ``[0, 0]`` and a straddling one ``[0, fl(c + r)]``: exactly the endpoint rule.
     """
-    half = torch.lerp(center, radius, 0.5)
+    half = torch.add(center, radius).mul_(0.5)
     new_radius = torch.clamp(half, min=torch.zeros((), dtype=half.dtype, device=half.device), max=radius)
     new_center = torch.maximum(center, half).clamp_min_(0)
     return new_center, new_radius
