@@ -23,9 +23,8 @@ from . import rounding
 from .errors import IntervalError, UnsupportedOperation, check_no_nan, check_nonnegative, check_order
 from .registry import RULES, func_name
 
-__all__ = ["Interval", "TensorOrInterval"]
+__all__ = ["Interval"]
 
-_Scalar = numbers.Number
 _INF = float("inf")
 
 
@@ -438,9 +437,6 @@ class Interval:
                 raise UnsupportedOperation(func_name(func), "out= cannot hold an Interval; use the returned value")
             return rule(*args, **kwargs)
         return rule(*args)
-
-
-TensorOrInterval = "torch.Tensor | Interval"
 
 
 def _rigorous_ball(
