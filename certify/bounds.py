@@ -6,7 +6,11 @@ comparing output bounds (``argmax(lower) == y`` is not a certificate). When the 
 ``nn.Linear``, ``C`` is folded into that layer (``W' = C W``, ``b' = C b``), which is exact for the
 last layer and tighter than subtracting output bounds.
 
-Methods: ``"ibp"`` (interval bound propagation through :mod:`intervals`).
+Methods: ``"ibp"`` (interval bound propagation through :mod:`intervals`); ``"crown"`` (CROWN, Zhang et
+al. 2018: backward linear bound propagation, intermediate bounds by CROWN too) and ``"crown-ibp"``
+(intermediate bounds by IBP, last layer by CROWN), see :mod:`certify.crown`. The CROWN methods take
+``nn.Sequential`` models of the layers in :data:`certify.crown.SUPPORTED_LAYERS`, apply ``C`` in the
+backward pass, and are intersected with the IBP bounds (never looser).
 
 Example:
     >>> import torch
@@ -27,10 +31,12 @@ from torch import nn
 
 from intervals import Interval, IntervalError, is_rigorous
 
+from . import crown as _crown
+
 __all__ = ["METHODS", "compute_bounds", "margin_bounds", "certified", "spec_matrix", "other_classes"]
 
 #: Bound methods available to :func:`compute_bounds` and :func:`margin_bounds`.
-METHODS = ("ibp",)
+METHODS = ("ibp", "crown", "crown-ibp")
 
 
 def _check_method(method: str) -> None:
@@ -49,9 +55,14 @@ def compute_bounds(
     """Sound bounds of ``model``'s outputs over ``{x' : |x' - x|_inf <= eps} ∩ [lo, hi]``.
 
     Differentiable: a loss on the returned bounds backpropagates to the model's parameters.
+    ``method="crown"``/``"crown-ibp"`` (see :mod:`certify.crown`) are intersected with IBP.
     """
     _check_method(method)
-    return model(Interval.linf_ball(x, eps, lo=lo, hi=hi))
+    box = Interval.linf_ball(x, eps, lo=lo, hi=hi)
+    if method == "ibp":
+        return model(box)
+    lower, upper = _crown.crown_bounds(model, box, method=method)
+    return Interval(lower, upper)
 
 
 def spec_matrix(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -92,8 +103,30 @@ def margin_bounds(
     any other model gets ``lower(z_y) - upper(z_j)`` (sound, looser). Inside
     :func:`intervals.rigorous` the folded weights ``W_y - W_j`` are formed as outward-rounded
     intervals, so the float differences cannot round the certificate into unsoundness.
+
+    ``method="crown"``/``"crown-ibp"`` propagate ``C`` backward through the whole network (CROWN,
+    :mod:`certify.crown`) and return the larger of that and the IBP margin bound.
     """
     _check_method(method)
+    if method == "ibp":
+        return _ibp_margin_bounds(model, x, y, eps, lo, hi)
+    _crown.check_supported(model)
+    ibp = _ibp_margin_bounds(model, x, y, eps, lo, hi)  # also validates the labels
+    c = spec_matrix(y, ibp.shape[1] + 1, ibp.dtype)
+    box = Interval.linf_ball(x, eps, lo=lo, hi=hi)
+    lower, _ = _crown.crown_bounds(model, box, spec=c, method=method, need_upper=False, intersect=False)
+    return torch.maximum(lower, ibp)
+
+
+def _ibp_margin_bounds(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    lo: float | torch.Tensor | None,
+    hi: float | torch.Tensor | None,
+) -> torch.Tensor:
+    """IBP margin lower bounds, the specification folded into a last ``nn.Linear``."""
     last = model[-1] if isinstance(model, nn.Sequential) and len(model) else None
     k = last.out_features if isinstance(last, nn.Linear) else None
     _check_labels(y, x.shape[0], k)

@@ -180,8 +180,10 @@ def interval_relu_reference(center: Tensor, radius: Tensor) -> tuple[Tensor, Ten
 
     With ``h = (c + r) / 2`` the three cases (active ``c >= r``, inactive ``c <= -r``, straddling)
     collapse to ``radius' = clamp(h, 0, r)`` and ``centre' = max(c, h, 0)``. ``h`` is ``fl(c + r)``
-    halved (exact), so by monotone rounding an active unit keeps its box bit for bit, an inactive
-    one becomes ``[0, 0]`` and a straddling one ``[0, fl(c + r)]``: exactly the endpoint rule.
+    halved (exact above the subnormal range), so by monotone rounding an active unit keeps its box
+    bit for bit, an inactive one becomes ``[0, 0]`` and a straddling one ``[0, fl(c + r)]``: exactly
+    the endpoint rule. (A subnormal ``fl(c + r)`` may lose its last bit in the halving: one
+    ``denorm_min``, inside default mode's ulp-level tolerance; rigorous mode does not use this op.)
     """
     half = torch.add(center, radius).mul_(0.5)
     new_radius = torch.clamp(half, min=torch.zeros((), dtype=half.dtype, device=half.device), max=radius)
