@@ -47,6 +47,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from intervals import Interval, UnsupportedOperation, is_rigorous
 
@@ -302,8 +303,13 @@ def _tighten(
     parts_l, parts_u = [], []
     for start in range(0, k, chunk):
         sub = idx[:, start : start + chunk]
-        spec = F.one_hot(sub, n).to(lower.dtype).reshape(b, sub.shape[1], *shape)
-        cl, cu = _backward(layers, shapes, relu_bounds, box, spec, upto)
+
+        def run(sub: torch.Tensor = sub) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            spec = F.one_hot(sub, n).to(lower.dtype).reshape(b, sub.shape[1], *shape)
+            return _backward(layers, shapes, relu_bounds, box, spec, upto)
+
+        # with autograd on, recompute each chunk in the backward pass instead of keeping its coefficients
+        cl, cu = checkpoint(run, use_reentrant=False) if torch.is_grad_enabled() else run()
         parts_l.append(cl)
         parts_u.append(cu)
     cl, cu = _intersect(torch.cat(parts_l, 1), torch.cat(parts_u, 1), lf.gather(1, idx), uf.gather(1, idx))

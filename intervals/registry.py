@@ -21,10 +21,13 @@ RULES: dict[Any, Rule] = {}
 def implements(*funcs: Any) -> Callable[[Rule], Rule]:
     """Register ``rule`` as the interval rule of each of ``funcs``.
 
-    Example:
-        >>> import torch
-        >>> @implements(torch.exp)
-        ... def _exp(x): ...
+    Example (``my_op`` stands for a torch function; registering a real one replaces its rule):
+        >>> def my_op(x): ...
+        >>> @implements(my_op)
+        ... def _my_op_rule(x):
+        ...     return x
+        >>> lookup(my_op) is _my_op_rule
+        True
     """
 
     def deco(rule: Rule) -> Rule:

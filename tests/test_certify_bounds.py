@@ -100,8 +100,8 @@ def test_rigorous_margins_are_no_tighter_and_still_sound():
 def test_bad_inputs_get_clear_errors():
     model = _net(0)
     x = torch.rand(4, 5, dtype=torch.float64)
-    with pytest.raises(ValueError, match="unknown bound method 'crown'; available: ibp"):
-        margin_bounds(model, x, torch.zeros(4, dtype=torch.long), 0.1, method="crown")
+    with pytest.raises(ValueError, match="unknown bound method 'crown-opt'; available: ibp, crown, crown-ibp"):
+        margin_bounds(model, x, torch.zeros(4, dtype=torch.long), 0.1, method="crown-opt")
     with pytest.raises(IntervalError, match=r"labels y must have shape \(4,\)"):
         margin_bounds(model, x, torch.zeros(3, dtype=torch.long), 0.1)
     with pytest.raises(IntervalError, match=r"labels y must lie in \[0, 4\)"):
