@@ -304,24 +304,22 @@ def _logsumexp(x: Interval, dim: Any, keepdim: bool = False) -> Interval:
 
 
 # ---------------------------------------------------------------------------- max / min / clamp
-@implements(torch.maximum, _T.maximum, torch.fmax)
-def _maximum(a: Any, b: Any) -> Interval:
-    if rounding.is_rigorous():
-        like = _like(a, b)
-        a, b = exact_operand(a, like), exact_operand(b, like)
-    al, au = endpoints(a)
-    bl, bu = endpoints(b)
-    return Interval._from_lu(torch.maximum(al, bl), torch.maximum(au, bu))
+def _monotone_binary(fn: Any):
+    """Rule for an elementwise ``fn(a, b)`` non-decreasing in both arguments (max, min)."""
+
+    def rule(a: Any, b: Any) -> Interval:
+        if rounding.is_rigorous():
+            like = _like(a, b)
+            a, b = exact_operand(a, like), exact_operand(b, like)
+        al, au = endpoints(a)
+        bl, bu = endpoints(b)
+        return Interval._from_lu(fn(al, bl), fn(au, bu))
+
+    return rule
 
 
-@implements(torch.minimum, _T.minimum, torch.fmin)
-def _minimum(a: Any, b: Any) -> Interval:
-    if rounding.is_rigorous():
-        like = _like(a, b)
-        a, b = exact_operand(a, like), exact_operand(b, like)
-    al, au = endpoints(a)
-    bl, bu = endpoints(b)
-    return Interval._from_lu(torch.minimum(al, bl), torch.minimum(au, bu))
+implements(torch.maximum, _T.maximum, torch.fmax)(_monotone_binary(torch.maximum))
+implements(torch.minimum, _T.minimum, torch.fmin)(_monotone_binary(torch.minimum))
 
 
 def clamp(x: Any, min: Any = None, max: Any = None) -> Interval:
