@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certify.models import build_model
-from intervals import Interval
+from intervals import Interval, cached_abs_weights
 from intervals.compile import compile_bounds
 
 __all__ = ["CASES", "Case", "main", "memory_case", "run_case", "time_case", "worst_case_logits"]
@@ -262,10 +262,20 @@ def peak_rss_delta(case: Case, mode: str, threads: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- one case
-def time_case(case: Case, repeats: int, warmup: int, compiled: bool = False) -> dict[str, Any]:
-    """Median times and IBP/plain ratios of one case, plus the saved-for-backward cross-check."""
+def time_case(
+    case: Case, repeats: int, warmup: int, compiled: bool = False, cached: bool = False
+) -> dict[str, Any]:
+    """Median times and IBP/plain ratios of one case, plus the saved-for-backward cross-check.
+
+    ``cached``: also time the IBP forward again inside one :func:`intervals.cached_abs_weights`
+    block (many batches through fixed weights: ``|W|`` computed once), as ``ibpk_fwd``.
+    """
     model, x, y = setup(case)
-    times = time_ops(make_ops(case, model, x, y, compiled), repeats, warmup)
+    ops = make_ops(case, model, x, y, compiled)
+    times = time_ops(ops, repeats, warmup)
+    if cached:
+        with cached_abs_weights():
+            times["ibpk_fwd"] = time_ops({"ibpk_fwd": ops["ibp_fwd"]}, repeats, warmup)["ibpk_fwd"]
     med = {k: statistics.median(v) for k, v in times.items()}
     saved = {m: saved_for_backward_bytes(case, m) for m in ("plain", "ibp")}
     return {
@@ -285,6 +295,7 @@ def time_case(case: Case, repeats: int, warmup: int, compiled: bool = False) -> 
             "fwdbwd": med["ibp_fwdbwd"] / med["plain_fwdbwd"],
             "saved": saved["ibp"] / max(saved["plain"], 1),
             **(_compiled_ratios(med) if compiled else {}),
+            **({"cached_fwd": med["ibpk_fwd"] / med["plain_fwd"]} if cached else {}),
         },
     }
 
@@ -412,6 +423,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
     p.add_argument("--profile", action="store_true", help="also print a torch.profiler summary of each IBP f+b")
     p.add_argument(
+        "--cached-weights", action="store_true",
+        help="also time the IBP forward inside intervals.cached_abs_weights() (|W| computed once)",
+    )
+    p.add_argument(
         "--compiled", action="store_true",
         help="also time IBP under torch.compile (intervals.compile.compile_bounds; compile time excluded)",
     )
@@ -455,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in args.models:
         case = CASES[key]
         print(f"  timing {case.label} ...", file=sys.stderr, flush=True)
-        results.append(time_case(case, args.repeats, args.warmup, args.compiled))
+        results.append(time_case(case, args.repeats, args.warmup, args.compiled, args.cached_weights))
     if not args.no_memory:
         for key, res in zip(args.models, results, strict=True):
             print(f"  peak memory of {CASES[key].label} (2 subprocesses) ...", file=sys.stderr, flush=True)
@@ -463,6 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             res["peak_rss"] = mem["peak_rss"]
             res["ratio"]["memory"] = mem["memory_ratio"]
     print(format_table(results))
+    if args.cached_weights:
+        print("\nIBP forward inside intervals.cached_abs_weights() (|W| reused across calls):")
+        for r in results:
+            ms, verdict = r["median_ms"]["ibpk_fwd"], _mark(r["ratio"]["cached_fwd"], TARGETS["fwd"])
+            print(f"  {r['label']:<20} {ms:9.2f} ms  {verdict:>10} vs plain fwd")
     if args.compiled:
         print("\nIBP under torch.compile (Inductor fuses elementwise steps; ratios against the eager plain runs):")
         print(format_compiled_table(results))

@@ -19,6 +19,7 @@ from .errors import IntervalError, UnsupportedOperation
 from .interval import Interval
 from .registry import supported_functions
 from .rounding import is_rigorous, rigorous
+from .rules.linear import cached_abs_weights
 
 __all__ = [
     "Interval",
@@ -27,4 +28,5 @@ __all__ = [
     "rigorous",
     "is_rigorous",
     "supported_functions",
+    "cached_abs_weights",
 ]

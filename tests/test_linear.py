@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from soundness import assert_encloses, boxes, corners, points_in
 
+import intervals
 from intervals import Interval
 from intervals.ops import interval_linear, interval_linear_iw
 
@@ -228,3 +229,24 @@ def test_weight_updates_through_data_are_seen():
         assert conv(xi).contains(conv(torch.ones(1, 1, 3, 3))).all()
     with torch.inference_mode():  # inference tensors have no version counter at all
         layer(x)
+
+
+def test_cached_abs_weights_is_opt_in_and_tracks_versions():
+    from intervals.rules.linear import abs_weight
+
+    layer = torch.nn.Linear(3, 2)
+    x = Interval.linf_ball(torch.randn(4, 3), 0.1)
+    with torch.no_grad():
+        assert abs_weight(layer.weight) is not abs_weight(layer.weight)  # no cache by default
+        with intervals.cached_abs_weights():
+            first = layer(x)
+            assert abs_weight(layer.weight) is abs_weight(layer.weight)
+            layer.weight.mul_(-2.0)  # an ordinary in-place update bumps the version: recomputed
+            second = layer(x)
+        torch.testing.assert_close(second.radius, F.linear(x.radius, layer.weight.abs()))
+        assert not torch.allclose(first.radius, second.radius)
+        assert abs_weight(layer.weight) is not abs_weight(layer.weight)  # dropped on exit
+    with intervals.cached_abs_weights():  # recording autograd through the weight: never cached
+        out = layer(x)
+        out.upper.sum().backward()
+    assert layer.weight.grad is not None

@@ -14,12 +14,14 @@ factor is a point.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import ops, rounding
 from ..registry import implements
@@ -102,6 +104,50 @@ def _bilinear_rigorous(op: Bilinear, x: Any, w: Any, bias: Any, terms: int, add_
     )
 
 
+_ABS_CACHE: WeakIdKeyDictionary | None = None
+
+
+@contextlib.contextmanager
+def cached_abs_weights() -> Iterator[None]:
+    """Within the block, reuse ``|W|`` of each point weight across calls (opt-in).
+
+    Interval layers need ``|W|`` on every call; for a large fully connected layer computing it
+    costs about as much as the layer's GEMM. When bounding many batches with fixed weights, wrap
+    the loop in this context: ``|W|`` is computed once per weight and recomputed after an ordinary
+    in-place update (which bumps the tensor's version counter). Updates through ``weight.data``
+    do not bump it, so do not modify weights through ``.data`` inside the block. The cache is not
+    used while autograd records a graph through the weight, and is dropped on exit.
+
+    Example:
+        >>> import torch, intervals
+        >>> layer = torch.nn.Linear(3, 2)
+        >>> with torch.no_grad(), intervals.cached_abs_weights():
+        ...     boxes = [layer(intervals.Interval.linf_ball(torch.rand(4, 3), 0.1)) for _ in range(3)]
+    """
+    global _ABS_CACHE
+    outer = _ABS_CACHE
+    _ABS_CACHE = WeakIdKeyDictionary() if outer is None else outer
+    try:
+        yield
+    finally:
+        _ABS_CACHE = outer
+
+
+def abs_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``|W|``, from the :func:`cached_abs_weights` cache when one is active and usable."""
+    cache = _ABS_CACHE
+    if cache is None or (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
+        return weight.abs()
+    if weight.is_inference():  # inference tensors have no version counter: never cache them
+        return weight.abs()
+    hit = cache.get(weight)
+    if hit is not None and hit[0] == weight._version:
+        return hit[1]
+    result = weight.detach().abs()
+    cache[weight] = (weight._version, result)
+    return result
+
+
 def _sum_diff(x: Interval) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Inputs for a point-weight layer: ``(c, r, 1)``, or from endpoint form ``(l + u, u - l, 1/2)``.
 
@@ -122,10 +168,10 @@ def _linear(x: Any, weight: Any, bias: Any = None) -> Interval:
         if not is_iv(weight) and not is_iv(bias):
             # Point weights: centre through the plain layer (bias folded in), radius through |W|.
             c_in, r_in, scale = _sum_diff(x)
-            # |W| is recomputed on every call: a cache keyed on the version counter would go stale
-            # under `weight.data` updates (clipping, EMA), which do not bump it.
+            # |W| is recomputed on every call unless the caller opted into cached_abs_weights():
+            # a version-keyed cache would go stale under `weight.data` updates (clipping, EMA).
             linear = ops.interval_linear_reference if torch.compiler.is_compiling() else ops.interval_linear
-            return Interval._from_cr(*linear(c_in, r_in, weight, weight.abs(), bias, scale))
+            return Interval._from_cr(*linear(c_in, r_in, weight, abs_weight(weight), bias, scale))
         if is_iv(weight):
             bc, br = _parts(bias)
             return Interval._from_cr(*ops.interval_linear_iw(x.center, x.radius, weight.center, weight.radius, bc, br))
@@ -162,7 +208,7 @@ def _conv_rule(conv: Callable[..., torch.Tensor], nd: int):
         terms = math.prod(weight.shape[1:])
         if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous() and is_iv(x):
             c_in, r_in, scale = _sum_diff(x)
-            w, w_abs = weight, weight.abs()
+            w, w_abs = weight, abs_weight(weight)
             if scale != 1.0:  # conv weights are small next to activations: scale them instead
                 w, w_abs = weight * scale, w_abs * scale
             return Interval._from_cr(conv(c_in, w, bias, stride, padding, dilation, groups), op(r_in, w_abs))
