@@ -128,3 +128,17 @@ def test_zero_dim_softmax_and_empty_mean():
     assert F.softmax(x, 0).lower.item() == 1.0 and F.log_softmax(x, 0).upper.item() == 0.0
     empty = Interval(torch.zeros(0), torch.zeros(0)).mean()
     assert empty.lower.item() == -float("inf") and empty.upper.item() == float("inf")
+
+
+@pytest.mark.parametrize("fn", [F.softmax, F.log_softmax])
+def test_masked_logits_give_finite_gradients_and_sound_values(fn):
+    lo = torch.tensor([[0.0, 1.0, -2.0, 0.5]], requires_grad=True)
+    mask = torch.tensor([[0.0, -float("inf"), 0.0, -float("inf")]])
+    box = Interval(lo, lo.detach() + 0.3) + mask
+    out = fn(box, -1)
+    (out.lower.clamp(min=-50).sum() + out.upper.clamp(min=-50).sum()).backward()
+    assert torch.isfinite(lo.grad).all()
+    for t in (0.0, 0.3):
+        assert out.contains(fn(lo.detach() + t + mask, -1)).all()
+    if fn is F.log_softmax:
+        assert torch.isneginf(out.upper[0, 1]) and torch.isneginf(out.lower[0, 3])

@@ -53,11 +53,18 @@ def log_softmax_bounds(x: Interval, dim: int) -> tuple[torch.Tensor, torch.Tenso
         lo, hi = rounding.down(lo - shift), rounding.up(hi - shift)
     else:
         lo, hi = lo - shift, hi - shift
+    # -inf logits (attention-style masks) become the most negative float, whose exp is exactly 0:
+    # the values do not change, but the gradients stay finite instead of NaN; -inf is put back below.
+    masked_lo, masked_hi = torch.isneginf(lo), torch.isneginf(hi)
+    floor = torch.finfo(lo.dtype).min
+    lo, hi = lo.clamp_min(floor), hi.clamp_min(floor)
     lower = lo - torch.logaddexp(lo, _exclusive_logsumexp(hi, dim))
     upper = hi - torch.logaddexp(hi, _exclusive_logsumexp(lo, dim))
     # An infinite endpoint gives inf - inf = NaN; the sound values there are -inf and 0.
     lower = torch.nan_to_num(lower, nan=-float("inf"), neginf=-float("inf"))
     upper = torch.clamp(torch.nan_to_num(upper, nan=0.0, neginf=-float("inf")), max=0.0)  # log of a probability
+    lower = torch.where(masked_lo, -float("inf"), lower)
+    upper = torch.where(masked_hi, -float("inf"), upper)
     if rigorous:
         # float64 log-sum-exp error: a few ulps per term; widen by (n + 8) * 4 ulps relative.
         n = x.shape[dim]
