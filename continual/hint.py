@@ -144,6 +144,9 @@ class HINT(ContinualMethod):
         eps_warmup: float = 0.5,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("task_chunk_embeddings"):
+            raise ValueError("HINT does not support task_chunk_embeddings: its universal embedding needs "
+                             "weights that depend on the embedding alone")
         if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         if reg_on not in _REG_ON:

@@ -58,6 +58,13 @@ class HyperNetwork(nn.Module):
             chunks are concatenated (and trimmed) into the flat vector; ``None``: one head emits
             all ``P`` weights.
         chunk_emb_dim: size of the learnable chunk embeddings (chunked mode only; ``N(0, 1)`` init).
+        task_chunk_embeddings: chunked mode only. ``False``: one set of chunk embeddings shared by
+            every task (trained throughout, kept in place for old tasks by the regulariser).
+            ``True``: every task owns its chunk embeddings, created with its task embedding and
+            frozen with it (hypnettorch's ``cond_chunk_embs``). A new task then brings
+            ``num_chunks * chunk_emb_dim`` fresh parameters of its own instead of only ``M``,
+            which keeps later tasks as trainable as the first one. The weights then depend on the
+            task, not only on an embedding: :meth:`forward_flat` needs ``tasks``.
         num_tasks: task embeddings to create now (more with :meth:`add_task`).
         init_std: standard deviation of the ``N(0, init_std^2)`` task-embedding initialisation.
         output_std: if set, the head is rescaled at construction so the generated weights start
@@ -83,6 +90,7 @@ class HyperNetwork(nn.Module):
         hidden: Sequence[int] = (100, 100),
         chunk_size: int | None = None,
         chunk_emb_dim: int = 8,
+        task_chunk_embeddings: bool = False,
         num_tasks: int = 0,
         init_std: float = 1.0,
         output_std: float | None = None,
@@ -94,6 +102,8 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"emb_dim must be positive, got {emb_dim}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be positive or None, got {chunk_size}")
+        if task_chunk_embeddings and chunk_size is None:
+            raise ValueError("task_chunk_embeddings needs a chunked hypernetwork (set chunk_size)")
         self.target_shapes: OrderedDict[str, tuple[int, ...]] = OrderedDict(
             (str(n), tuple(int(d) for d in s)) for n, s in target_shapes.items()
         )
@@ -102,15 +112,20 @@ class HyperNetwork(nn.Module):
         self.init_std = float(init_std)
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.embeddings = nn.ParameterList()
+        self.chunk_emb_dim = int(chunk_emb_dim)
+        # per-task chunk embeddings (task_chunk_embeddings=True); empty otherwise
+        self.task_chunk_embeddings = nn.ParameterList()
+        self.chunk_embeddings: nn.Parameter | None = None
 
         in_dim = self.emb_dim
         if self.chunk_size is not None:
             self.num_chunks = math.ceil(self.param_count / self.chunk_size)
-            self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, int(chunk_emb_dim)))
-            in_dim += int(chunk_emb_dim)
+            if not task_chunk_embeddings:
+                self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, self.chunk_emb_dim))
+            in_dim += self.chunk_emb_dim
         else:
             self.num_chunks = 1
-            self.chunk_embeddings = None
+        self.per_task_chunks = bool(task_chunk_embeddings)
         layers: list[nn.Module] = []
         for h in hidden:
             layers += [nn.Linear(in_dim, int(h)), nn.ReLU()]
@@ -126,9 +141,13 @@ class HyperNetwork(nn.Module):
         if not (output_std > 0 and math.isfinite(output_std)):
             raise ValueError(f"output_std must be a positive number, got {output_std}")
         gen = torch.Generator().manual_seed(0)
-        probe = torch.randn(4, self.emb_dim, generator=gen, dtype=self.head.weight.dtype) * self.init_std
+        dtype = self.head.weight.dtype
+        probe = torch.randn(4, self.emb_dim, generator=gen, dtype=dtype) * self.init_std
+        chunks = None
+        if self.per_task_chunks:  # no task exists yet: probe with chunk embeddings drawn like a task's
+            chunks = torch.randn(4, self.num_chunks, self.chunk_emb_dim, generator=gen, dtype=dtype)
         with torch.no_grad():
-            current = float(self.forward_flat(probe.to(self.head.weight.device)).std())
+            current = float(self._generate(probe.to(self.head.weight.device), chunks).std())
             self.head.weight.mul_(output_std / current)
             self.head.bias.mul_(output_std / current)
 
@@ -151,11 +170,17 @@ class HyperNetwork(nn.Module):
         ref = self.head.weight
         emb = torch.randn(self.emb_dim, device=ref.device, dtype=ref.dtype) * self.init_std
         self.embeddings.append(nn.Parameter(emb))
+        if self.per_task_chunks:
+            chunks = torch.randn(self.num_chunks, self.chunk_emb_dim, device=ref.device, dtype=ref.dtype)
+            self.task_chunk_embeddings.append(nn.Parameter(chunks))
         return self.num_tasks - 1
 
     def freeze_task(self, task: int) -> None:
-        """Stop training ``e_task`` (``requires_grad = False``): done after each task in HNET."""
-        self.embeddings[self._task_index(task)].requires_grad_(False)
+        """Stop training ``e_task`` (and its own chunk embeddings, if any): done after each task in HNET."""
+        t = self._task_index(task)
+        self.embeddings[t].requires_grad_(False)
+        if self.per_task_chunks:
+            self.task_chunk_embeddings[t].requires_grad_(False)
 
     def _task_index(self, task: int) -> int:
         if not 0 <= int(task) < self.num_tasks:
@@ -170,22 +195,38 @@ class HyperNetwork(nn.Module):
         return torch.stack([self.embeddings[self._task_index(t)] for t in tasks])
 
     # -------------------------------------------------------------------------------- forward
-    def forward_flat(self, emb: EmbeddingLike) -> EmbeddingLike:
+    def forward_flat(self, emb: EmbeddingLike, tasks: int | Sequence[int] | None = None) -> EmbeddingLike:
         """The flat target-weight vector(s): ``(M,) -> (P,)`` or ``(T, M) -> (T, P)``.
 
         ``emb`` may be a tensor or an :class:`~intervals.Interval` (then the result is a box
         containing ``H(e)`` for every ``e`` in the input box). The trunk runs once, on every task
-        (and every chunk) in one batch.
+        (and every chunk) in one batch. ``tasks`` (a task id for ``(M,)``, a list of ``T`` ids for
+        ``(T, M)``) picks the tasks' own chunk embeddings; it is required with
+        ``task_chunk_embeddings=True`` and ignored otherwise.
         """
         if emb.dim() not in (1, 2) or emb.shape[-1] != self.emb_dim:
             raise ValueError(f"embedding must have shape (M,) or (T, M) with M={self.emb_dim}, got {tuple(emb.shape)}")
-        if self.chunk_embeddings is None:
+        chunks = None
+        if self.per_task_chunks:
+            if tasks is None:
+                raise ValueError("this hypernetwork has per-task chunk embeddings (task_chunk_embeddings=True): "
+                                 "forward_flat needs the task id(s) of the embedding(s)")
+            if isinstance(tasks, int):
+                chunks = self.task_chunk_embeddings[self._task_index(tasks)]
+            else:
+                chunks = torch.stack([self.task_chunk_embeddings[self._task_index(t)] for t in tasks])
+            if chunks.dim() != emb.dim() + 1 or (emb.dim() == 2 and chunks.shape[0] != emb.shape[0]):
+                raise ValueError(f"got {emb.shape[0] if emb.dim() == 2 else 'one'} embedding(s) but tasks={tasks!r}")
+        return self._generate(emb, chunks)
+
+    def _generate(self, emb: EmbeddingLike, chunks: torch.Tensor | None) -> EmbeddingLike:
+        if self.chunk_size is None:
             return self.head(self.trunk(emb))
         lead = tuple(emb.shape[:-1])
         k = self.num_chunks
         # Every chunk sees [e, c_k]: (*lead, K, M + C), all chunks of all tasks in one pass.
         e = emb.unsqueeze(-2).expand(*lead, k, self.emb_dim)
-        c = self.chunk_embeddings.expand(*lead, k, self.chunk_embeddings.shape[-1])
+        c = (self.chunk_embeddings if chunks is None else chunks).expand(*lead, k, self.chunk_emb_dim)
         out = self.head(self.trunk(torch.cat([e, c], dim=-1)))  # (*lead, K, chunk_size)
         out = out.reshape(*lead, k * self.chunk_size)
         return out.narrow(-1, 0, self.param_count)
@@ -214,10 +255,11 @@ class HyperNetwork(nn.Module):
         ``task_or_embedding``: a task id (uses ``e_t``), an embedding ``(M,)``, a batch of
         embeddings ``(T, M)`` (then every weight has a leading ``T`` dimension), or an Interval.
         """
-        emb = task_or_embedding
+        emb, task = task_or_embedding, None
         if isinstance(emb, bool) or not isinstance(emb, torch.Tensor | Interval):
-            emb = self.embeddings[self._task_index(int(emb))]
-        return self.split(self.forward_flat(emb))
+            task = self._task_index(int(emb))
+            emb = self.embeddings[task]
+        return self.split(self.forward_flat(emb, task))
 
     # -------------------------------------------------------------------------------- regulariser
     @torch.no_grad()
@@ -226,10 +268,11 @@ class HyperNetwork(nn.Module):
 
         Take it before training a new task and pass it to :meth:`regularizer`.
         """
+        tasks = list(range(self.num_tasks) if tasks is None else tasks)
         emb = self.stack_embeddings(tasks)
         if emb.shape[0] == 0:
             return emb.new_zeros(0, self.param_count)
-        return self.forward_flat(emb).detach()
+        return self.forward_flat(emb, tasks).detach()
 
     def regularizer(self, snapshot: torch.Tensor, tasks: Sequence[int] | None = None) -> torch.Tensor:
         """``(1/t) sum_{j} ||H(e_j) - H*(e_j)||^2`` over the ``t`` tasks of ``snapshot``, in one batched pass.
@@ -252,7 +295,8 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"snapshot has {t} rows but {len(tasks)} task id(s) were given")
         if t == 0:
             return snapshot.new_zeros(())
-        diff = self.forward_flat(self.stack_embeddings(tasks)) - snapshot
+        tasks = list(tasks)
+        diff = self.forward_flat(self.stack_embeddings(tasks), tasks) - snapshot
         return diff.pow(2).sum(-1).mean()
 
     # -------------------------------------------------------------------------------- checkpoints
@@ -266,4 +310,6 @@ class HyperNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         chunks = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}, chunks={self.num_chunks}"
+        if self.per_task_chunks:
+            chunks += " (per task)"
         return f"emb_dim={self.emb_dim}, tasks={self.num_tasks}, target_weights={self.param_count}{chunks}"

@@ -58,6 +58,17 @@ class ContinualMethod(nn.Module):
     Subclasses implement :meth:`task_weights` and may extend :meth:`loss`, :meth:`start_task`,
     :meth:`end_task`. Everything that must survive a restart is in ``state_dict()`` (the snapshot and
     the task counter included), so a checkpointed method resumes exactly.
+
+    Args:
+        target: the functional target network (:mod:`continual.targets`).
+        emb_dim, hnet_hidden, chunk_size, chunk_emb_dim: the hypernetwork's task-embedding size,
+            trunk widths and optional chunked head (see :class:`~continual.hypernet.HyperNetwork`).
+        beta: weight of the output regulariser.
+        reg_tasks: regularise ``k`` previous tasks drawn per step instead of all (``None``).
+        hnet_output_std: start the generated weights at this standard deviation (``None``:
+            PyTorch's default head init).
+        task_chunk_embeddings: give every task its own chunk embeddings (chunked head only).
+        target_shapes: the shapes the hypernetwork emits (default: the target's parameters).
     """
 
     name = "base"
@@ -65,7 +76,7 @@ class ContinualMethod(nn.Module):
     def __init__(self, target: TargetNet, *, emb_dim: int = 24, hnet_hidden: tuple[int, ...] = (100, 100),
                  beta: float = 0.01, chunk_size: int | None = None, chunk_emb_dim: int = 8,
                  reg_tasks: int | None = None, hnet_output_std: float | None = None,
-                 target_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+                 task_chunk_embeddings: bool = False, target_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
         super().__init__()
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
@@ -75,7 +86,8 @@ class ContinualMethod(nn.Module):
         self.beta = float(beta)
         self.reg_tasks = reg_tasks
         self.hnet = HyperNetwork(target_shapes or target.param_shapes, emb_dim=emb_dim, hidden=hnet_hidden,
-                                 chunk_size=chunk_size, chunk_emb_dim=chunk_emb_dim, output_std=hnet_output_std)
+                                 chunk_size=chunk_size, chunk_emb_dim=chunk_emb_dim, output_std=hnet_output_std,
+                                 task_chunk_embeddings=task_chunk_embeddings)
         # H*(e_j) for j < current task, taken when the task starts; a buffer so checkpoints carry it
         self.register_buffer("snapshot", torch.zeros(0, self.hnet.param_count))
 

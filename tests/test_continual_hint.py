@@ -300,3 +300,8 @@ def test_the_runner_trains_and_resumes_hint_exactly(tmp_path, monkeypatch):
     assert any("resuming" in m and "task 2/2" in m for m in messages), messages
     assert resumed.task_incremental == reference.task_incremental
     assert reference.task_incremental.average_accuracy() > 0.6
+
+
+def test_hint_rejects_per_task_chunk_embeddings():
+    with pytest.raises(ValueError, match="task_chunk_embeddings"):
+        HINT(MLP(4, hidden=(8,), num_outputs=2), emb_dim=3, hnet_hidden=(8,), chunk_size=5, task_chunk_embeddings=True)

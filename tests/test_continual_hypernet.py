@@ -217,3 +217,46 @@ def test_output_std_rescales_the_generated_weights_without_touching_the_global_r
     assert float(scaled.forward_flat(embs).std()) == pytest.approx(0.01, rel=0.3)
     with pytest.raises(ValueError, match="output_std"):
         HyperNetwork(SHAPES, emb_dim=6, hidden=(10,), output_std=0.0)
+
+
+def test_per_task_chunk_embeddings_are_owned_frozen_and_regularised_per_task():
+    torch.manual_seed(0)
+    hnet = HyperNetwork(SHAPES, emb_dim=6, hidden=(16,), chunk_size=7, chunk_emb_dim=3,
+                        task_chunk_embeddings=True, num_tasks=3)
+    assert hnet.chunk_embeddings is None and len(hnet.task_chunk_embeddings) == 3
+    assert hnet.task_chunk_embeddings[1].shape == (hnet.num_chunks, 3)
+    # the weights depend on the task's own chunk embeddings, not only on e_t
+    with torch.no_grad():
+        hnet.embeddings[1].copy_(hnet.embeddings[0])
+    assert not torch.equal(hnet.forward_flat(hnet.embeddings[0], 0), hnet.forward_flat(hnet.embeddings[1], 1))
+    with pytest.raises(ValueError, match="needs the task id"):
+        hnet.forward_flat(hnet.embeddings[0])
+    with pytest.raises(ValueError, match="embedding"):
+        hnet.forward_flat(hnet.stack_embeddings([0, 1]), [0])
+    # batched regulariser = per-task loop, with each task's own chunks
+    snap = hnet.snapshot([0, 1])
+    assert hnet.regularizer(snap, [0, 1]).item() == 0.0
+    hnet.freeze_task(0)
+    hnet.freeze_task(1)
+    with torch.no_grad():
+        hnet.head.weight.add_(0.05 * torch.randn_like(hnet.head.weight))
+    reg = hnet.regularizer(snap, [0, 1])
+    naive = sum(((hnet.forward_flat(hnet.embeddings[j], j) - snap[j]) ** 2).sum() for j in range(2)) / 2
+    torch.testing.assert_close(reg, naive)
+    # training task 2 reaches its own chunks and the shared head, never the frozen tasks' chunks
+    (reg + sum(v.square().sum() for v in hnet(2).values())).backward()
+    assert hnet.task_chunk_embeddings[2].grad is not None and hnet.head.weight.grad is not None
+    assert hnet.task_chunk_embeddings[0].grad is None and not hnet.task_chunk_embeddings[1].requires_grad
+    # checkpoints grow the per-task chunk embeddings with the tasks
+    fresh = HyperNetwork(SHAPES, emb_dim=6, hidden=(16,), chunk_size=7, chunk_emb_dim=3, task_chunk_embeddings=True)
+    fresh.load_state_dict(hnet.state_dict())
+    for t in range(3):
+        torch.testing.assert_close(fresh.forward_flat(fresh.embeddings[t], t), hnet.forward_flat(hnet.embeddings[t], t))
+    with pytest.raises(ValueError, match="chunk_size"):
+        HyperNetwork(SHAPES, emb_dim=6, task_chunk_embeddings=True)
+
+
+def test_per_task_chunk_embeddings_with_output_std():
+    hnet = HyperNetwork({"w": (50, 40)}, emb_dim=6, hidden=(16,), chunk_size=100, task_chunk_embeddings=True,
+                        output_std=0.05, num_tasks=1)
+    assert 0.03 < float(hnet(0)["w"].std()) < 0.08

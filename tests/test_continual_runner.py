@@ -216,3 +216,15 @@ def test_hypermask_drift_term_is_the_l1_change_of_theta_weighted_by_the_mask_whe
     assert stats["drift"] == pytest.approx((change * weight).abs().sum().item(), rel=1e-5)
     if drift_masking:  # soft masks are below 1: the weighted change is strictly smaller
         assert stats["drift"] < change.abs().sum().item()
+
+
+def test_per_task_chunk_embeddings_train_and_resume_exactly(tmp_path):
+    opts = {"emb_dim": 8, "hnet_hidden": [32], "beta": 0.05, "chunk_size": 200, "task_chunk_embeddings": True}
+    reference = run(_cfg(method_options=opts), tmp_path / "ref", progress=False, log=lambda s: None)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(method_options=opts), out, progress=False, log=lambda s: None,
+            stop_after=lambda t, s: (t, s) == (2, 30))
+    resumed = run(_cfg(method_options=opts), out, progress=False, log=lambda s: None)
+    assert resumed.task_incremental == reference.task_incremental
+    assert reference.task_incremental.average_accuracy() > 0.9
