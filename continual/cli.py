@@ -38,8 +38,10 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
                                          "lam": 1e-2}},
     },
     "permuted-mnist": {
+        # hnet_output_std: see HINT below; for HNET it lifts the learnt accuracy of every task (README)
         "hnet": {**_MNIST_MLP, "iterations": 5000, "batch_size": 128, "lr": 1e-3, "eval_every": 500,
-                 "method_options": {"emb_dim": 24, "hnet_hidden": [100, 100], "beta": 0.01}},
+                 "method_options": {"emb_dim": 24, "hnet_hidden": [100, 100], "beta": 0.01,
+                                    "hnet_output_std": 0.036}},
         "hypermask": {**_MNIST_MLP, "iterations": 5000, "batch_size": 128, "lr": 1e-3, "eval_every": 500,
                       "method_options": {"emb_dim": 24, "hnet_hidden": [100, 100], "beta": 5e-4, "lam": 1e-3,
                                          "sparsity": 0, "drift_masking": True}},
