@@ -125,7 +125,6 @@ class HyperNetwork(nn.Module):
             in_dim += self.chunk_emb_dim
         else:
             self.num_chunks = 1
-        self.per_task_chunks = bool(task_chunk_embeddings)
         layers: list[nn.Module] = []
         for h in hidden:
             layers += [nn.Linear(in_dim, int(h)), nn.ReLU()]
@@ -152,6 +151,11 @@ class HyperNetwork(nn.Module):
             self.head.bias.mul_(output_std / current)
 
     # -------------------------------------------------------------------------------- tasks
+    @property
+    def per_task_chunks(self) -> bool:
+        """Whether every task owns its chunk embeddings (``task_chunk_embeddings=True``)."""
+        return self.chunk_size is not None and self.chunk_embeddings is None
+
     @property
     def num_tasks(self) -> int:
         return len(self.embeddings)
