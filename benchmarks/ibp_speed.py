@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certify.models import build_model
-from intervals import Interval, cached_abs_weights
+from intervals import Interval, bf16_radius, cached_abs_weights
 from intervals.compile import compile_bounds
 
 __all__ = ["CASES", "Case", "main", "memory_case", "run_case", "time_case", "worst_case_logits"]
@@ -113,9 +113,10 @@ def setup(case: Case, batch: int | None = None, seed: int = 0) -> tuple[nn.Modul
 
 
 def make_ops(
-    case: Case, model: nn.Module, x: torch.Tensor, y: torch.Tensor, compiled: bool = False
+    case: Case, model: nn.Module, x: torch.Tensor, y: torch.Tensor, compiled: bool = False, bf16: bool = False
 ) -> dict[str, Callable[[], Any]]:
-    """The four timed operations as closures (six with ``compiled``: IBP under ``torch.compile``)."""
+    """The four timed operations as closures, two more each for ``compiled`` (IBP under
+    ``torch.compile``) and ``bf16`` (IBP inside :func:`intervals.bf16_radius`)."""
 
     def plain_fwd() -> Any:
         with torch.no_grad():
@@ -147,7 +148,28 @@ def make_ops(
         ibpc_fwd()  # compile outside the timed rounds
         ibpc_fwdbwd()
         ops.update(ibpc_fwd=ibpc_fwd, ibpc_fwdbwd=ibpc_fwdbwd)
+    if bf16:
+        ibph_fwd, ibph_fwdbwd = ibp_pair(bf16_bounds(model))
+        ops.update(ibph_fwd=ibph_fwd, ibph_fwdbwd=ibph_fwdbwd)
     return ops
+
+
+def bf16_bounds(model: nn.Module) -> Callable[[Interval], Interval]:
+    """``box -> model(box)`` with the radius products in bfloat16 (:func:`intervals.bf16_radius`)."""
+
+    def bounds(box: Interval) -> Interval:
+        with bf16_radius():
+            return model(box)
+
+    return bounds
+
+
+def bf16_width_ratio(case: Case, model: nn.Module, x: torch.Tensor) -> float:
+    """Median over logits of (bf16-radius width) / (float32 width): how much looser the fast bounds are."""
+    with torch.no_grad():
+        box = Interval.linf_ball(x, case.eps, lo=0.0, hi=1.0)
+        ref, fast = model(box), bf16_bounds(model)(box)
+    return float(((fast.upper - fast.lower) / (ref.upper - ref.lower)).median())
 
 
 def time_ops(ops: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -258,15 +280,16 @@ def peak_rss_delta(case: Case, mode: str, threads: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- one case
 def time_case(
-    case: Case, repeats: int, warmup: int, compiled: bool = False, cached: bool = False
+    case: Case, repeats: int, warmup: int, compiled: bool = False, cached: bool = False, bf16: bool = False
 ) -> dict[str, Any]:
     """Median times and IBP/plain ratios of one case, plus the saved-for-backward cross-check.
 
     ``cached``: also time the IBP forward again inside one :func:`intervals.cached_abs_weights`
     block (many batches through fixed weights: ``|W|`` computed once), as ``ibpk_fwd``.
+    ``bf16``: also time IBP with bfloat16 radius products (``ibph_*``, interleaved with the rest).
     """
     model, x, y = setup(case)
-    ops = make_ops(case, model, x, y, compiled)
+    ops = make_ops(case, model, x, y, compiled, bf16)
     times = time_ops(ops, repeats, warmup)
     if cached:
         with cached_abs_weights():
@@ -291,6 +314,7 @@ def time_case(
             "saved": saved["ibp"] / max(saved["plain"], 1),
             **(_compiled_ratios(med) if compiled else {}),
             **({"cached_fwd": med["ibpk_fwd"] / med["plain_fwd"]} if cached else {}),
+            **(_bf16_ratios(med, bf16_width_ratio(case, model, x)) if bf16 else {}),
         },
     }
 
@@ -299,6 +323,14 @@ def _compiled_ratios(med: dict[str, float]) -> dict[str, float]:
     return {
         "compiled_fwd": med["ibpc_fwd"] / med["plain_fwd"],
         "compiled_fwdbwd": med["ibpc_fwdbwd"] / med["plain_fwdbwd"],
+    }
+
+
+def _bf16_ratios(med: dict[str, float], width: float) -> dict[str, float]:
+    return {
+        "bf16_fwd": med["ibph_fwd"] / med["plain_fwd"],
+        "bf16_fwdbwd": med["ibph_fwdbwd"] / med["plain_fwdbwd"],
+        "bf16_width": width,
     }
 
 
@@ -391,6 +423,24 @@ def format_compiled_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_bf16_table(results: Sequence[dict[str, Any]]) -> str:
+    """IBP with bfloat16 radius products against the same plain baselines, and its looseness."""
+    head = (
+        f"{'model':<20} | {'IBP fwd ms':>10} {'vs plain':>10} | {'IBP f+b ms':>10} {'vs plain':>10} | "
+        f"{'width vs fp32':>13}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        m, ratio, noisy = r["median_ms"], r["ratio"], r["noisy"]
+        lines.append(
+            f"{r['label']:<20} | {_fmt_ms(m['ibph_fwd'], noisy['ibph_fwd']):>10} "
+            f"{_mark(ratio['bf16_fwd'], TARGETS['fwd']):>10} | "
+            f"{_fmt_ms(m['ibph_fwdbwd'], noisy['ibph_fwdbwd']):>10} "
+            f"{_mark(ratio['bf16_fwdbwd'], TARGETS['fwdbwd']):>10} | {ratio['bf16_width']:12.4f}x"
+        )
+    return "\n".join(lines)
+
+
 def _profile(case: Case, rows: int = 12) -> str:
     """torch.profiler summary (self CPU time) of one IBP forward+backward."""
     from torch.profiler import ProfilerActivity, profile
@@ -424,6 +474,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--compiled", action="store_true",
         help="also time IBP under torch.compile (intervals.compile.compile_bounds; compile time excluded)",
+    )
+    p.add_argument(
+        "--bf16-radius", action="store_true",
+        help="also time IBP inside intervals.bf16_radius() (|W| r in bfloat16, rounded to stay an upper bound) "
+        "and report how much wider its logit bounds are",
     )
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -465,7 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in args.models:
         case = CASES[key]
         print(f"  timing {case.label} ...", file=sys.stderr, flush=True)
-        results.append(time_case(case, args.repeats, args.warmup, args.compiled, args.cached_weights))
+        results.append(
+            time_case(case, args.repeats, args.warmup, args.compiled, args.cached_weights, args.bf16_radius)
+        )
     if not args.no_memory:
         for key, res in zip(args.models, results, strict=True):
             print(f"  peak memory of {CASES[key].label} (2 subprocesses) ...", file=sys.stderr, flush=True)
@@ -478,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in results:
             ms, verdict = r["median_ms"]["ibpk_fwd"], _mark(r["ratio"]["cached_fwd"], TARGETS["fwd"])
             print(f"  {r['label']:<20} {ms:9.2f} ms  {verdict:>10} vs plain fwd")
+    if args.bf16_radius:
+        print("\nIBP inside intervals.bf16_radius() (radius products in bfloat16; centre in float32):")
+        print(format_bf16_table(results))
     if args.compiled:
         print("\nIBP under torch.compile (Inductor fuses elementwise steps; ratios against the eager plain runs):")
         print(format_compiled_table(results))

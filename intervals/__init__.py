@@ -17,6 +17,7 @@ Example:
 from . import rules as _rules  # noqa: F401  (registers every rule)
 from .errors import IntervalError, UnsupportedOperation
 from .interval import Interval
+from .precision import bf16_radius, is_bf16_radius
 from .registry import supported_functions
 from .rounding import is_rigorous, rigorous
 from .rules.linear import cached_abs_weights
@@ -29,4 +30,6 @@ __all__ = [
     "is_rigorous",
     "supported_functions",
     "cached_abs_weights",
+    "bf16_radius",
+    "is_bf16_radius",
 ]

@@ -81,7 +81,7 @@ def _pick(grads: list[Tensor], wanted: tuple[bool, ...]) -> list[Optional[Tensor
 
 
 # ---------------------------------------------------------------------------- point weights
-def _gemm(x: Tensor, w: Tensor, bias: Optional[Tensor], scale: float) -> Tensor:
+def scaled_gemm(x: Tensor, w: Tensor, bias: Optional[Tensor], scale: float) -> Tensor:
     """``scale * x @ w.T + bias`` as one fused GEMM (bias and scale folded into ``addmm``)."""
     x2 = x.reshape(-1, x.shape[-1])
     if bias is None:
@@ -95,7 +95,7 @@ def interval_linear_reference(
     center: Tensor, radius: Tensor, weight: Tensor, abs_weight: Tensor, bias: Optional[Tensor], scale: float = 1.0
 ) -> tuple[Tensor, Tensor]:
     """Composite (autograd-by-torch) form of :func:`interval_linear`, used under ``torch.compile``."""
-    return _gemm(center, weight, bias, scale), _gemm(radius, abs_weight, None, scale)
+    return scaled_gemm(center, weight, bias, scale), scaled_gemm(radius, abs_weight, None, scale)
 
 
 @torch.library.custom_op("hypercert::interval_linear", mutates_args=())

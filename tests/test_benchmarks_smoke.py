@@ -188,3 +188,15 @@ def test_continual_robust_smoke_and_resume(tmp_path: Path) -> None:
     resumed = run(cfg, tmp_path / "k", progress=False, log=lambda s: None, after_task=hook)
     ref = run(cfg, tmp_path / "ref", progress=False, log=lambda s: None, after_task=hook)
     assert resumed.matrices == ref.matrices and resumed.task_incremental == ref.task_incremental
+
+
+def test_ibp_speed_bf16_radius_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--bf16-radius`` times the bf16 path beside the others and reports its looseness (>= 1x: never tighter)."""
+    rc = ibp_speed.main(["--repeats", "1", "--warmup", "0", "--spin-up", "0", "--models", "dm-small", "--no-memory",
+                         "--bf16-radius"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "intervals.bf16_radius()" in printed and "width vs fp32" in printed
+    res = ibp_speed.time_case(ibp_speed.CASES["dm-small"], 1, 0, bf16=True)
+    assert {"ibph_fwd", "ibph_fwdbwd"} <= set(res["median_ms"])
+    assert 1.0 <= res["ratio"]["bf16_width"] < 1.2

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .. import ops, rounding
+from .. import ops, precision, rounding
 from ..registry import implements
 from ._common import Interval, is_iv
 
@@ -168,6 +168,10 @@ def _linear(x: Any, weight: Any, bias: Any = None) -> Interval:
         if not is_iv(weight) and not is_iv(bias):
             # Point weights: centre through the plain layer (bias folded in), radius through |W|.
             c_in, r_in, scale = _sum_diff(x)
+            if precision.bf16_radius_applies(c_in, r_in, weight):
+                c = ops.scaled_gemm(c_in, weight, bias, scale)
+                r = precision.radius_product_bf16(F.linear, r_in, abs_weight(weight), weight.shape[-1], scale)
+                return Interval._from_cr(c, r)
             if ops._custom_op_pays(c_in, r_in, weight, bias):
                 # Training, or a device with fused kernels (CUDA: |W| taken tile by tile in registers):
                 # the fused op saves only its inputs (no |W|) and builds the weight gradient without
@@ -214,6 +218,9 @@ def _conv_rule(conv: Callable[..., torch.Tensor], nd: int):
         if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous() and is_iv(x):
             c_in, r_in, scale = _sum_diff(x)
             w, w_abs = weight, abs_weight(weight)
+            if precision.bf16_radius_applies(c_in, r_in, weight):
+                centre = conv(c_in, w if scale == 1.0 else w * scale, bias, stride, padding, dilation, groups)
+                return Interval._from_cr(centre, precision.radius_product_bf16(op, r_in, w_abs, terms, scale))
             if scale != 1.0:  # conv weights are small next to activations: scale them instead
                 w, w_abs = weight * scale, w_abs * scale
             return Interval._from_cr(conv(c_in, w, bias, stride, padding, dilation, groups), op(r_in, w_abs))
