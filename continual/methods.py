@@ -63,6 +63,10 @@ class ContinualMethod(nn.Module):
         target: the functional target network (:mod:`continual.targets`).
         emb_dim, hnet_hidden, chunk_size, chunk_emb_dim: the hypernetwork's task-embedding size,
             trunk widths and optional chunked head (see :class:`~continual.hypernet.HyperNetwork`).
+            The head's size (``hnet_hidden[-1] * chunk_size`` weights) is what later tasks learn
+            through: on Permuted MNIST 78,000-weight chunks behind a ``[25, 25]`` trunk (von
+            Oswald et al.'s own setting, a head about as large as the target) learn every task to
+            97-98%, 4000-weight chunks behind ``[100, 100]`` to 95-96% (README).
         beta: weight of the output regulariser.
         reg_tasks: regularise ``k`` previous tasks drawn per step instead of all (``None``).
         hnet_output_std: start the generated weights at this standard deviation (``None``:

@@ -5,24 +5,24 @@ A point-weight interval layer costs two products, ``W c`` and ``|W| r``. Inside
 or AMX (and GPUs) multiply several times faster than float32. It stays an upper bound because
 every quantity in it is non-negative:
 
-* ``|W|`` and ``r`` are rounded **up** to bfloat16 (not to nearest), so each product of the
-  rounded factors is at least the exact one; a product of two bf16 numbers is exact in the
-  float32 accumulator.
+* ``|W|`` and ``r`` are rounded to the nearest bfloat16, each at least ``(1 - 2^-8)`` times its
+  value; a product of two bf16 numbers is exact in the float32 accumulator.
 * A float32 sum of ``n`` non-negative terms, in any order, is at least ``(1 - (n-1) u32)`` times
-  the exact sum, and the final rounding of the result to bfloat16 loses at most a factor
-  ``(1 - 2^-8)``. The result is multiplied back by the inverse of both factors (with a margin
-  for the float32 multiply).
+  the exact sum, and the final rounding of the result to bfloat16 loses at most another factor
+  ``(1 - 2^-8)``. The result is multiplied back by the inverse of all these factors (with a
+  margin for the float32 multiply).
 
-The centre ``W c`` stays in float32, so only the radius loosens: by at most 2.4% per layer (each
-factor rounded up by up to one bf16 ulp, ``2^-7``, the result rounded to the nearest bf16 and the
-``2^-8`` allowance for that rounding), about 1% in a typical long sum; over a deep network these
-compound. The bounds keep the same
-guarantee as default mode (sound up to float32 round-off in the centre; underflow below
-float32's normal range is not accounted for). Rigorous mode (:func:`intervals.rigorous`)
-ignores this switch. It applies to float32 point-weight ``F.linear`` and convolutions on CPU,
-where oneDNN accumulates bf16 products in float32; elsewhere (other devices, float64 or
-interval weights) the float32 path runs unchanged. Gradients flow through it as through the
-float32 product (the upward rounding is treated as a constant), computed in bfloat16.
+The centre ``W c`` stays in float32, so only the radius loosens: by at most 2.4% per layer (every
+rounding going up and the allowance on top), about 1.2% typically (the allowance alone); over a
+deep network these compound. The bounds keep the same guarantee as default mode (sound up to
+float32 round-off in the centre; underflow below float32's normal range is not accounted for).
+Rigorous mode (:func:`intervals.rigorous`) ignores this switch. It applies to float32
+point-weight ``F.linear`` and convolutions on CPU, where oneDNN accumulates bf16 products in
+float32; elsewhere (other devices, float64 or interval weights) the float32 path runs unchanged.
+Gradients flow through it as through the float32 product, computed in bfloat16.
+
+Whether it pays depends on the machine: the conversions cost memory passes that the faster
+product must win back (``python -m benchmarks.ibp_speed --bf16-radius`` measures both).
 
 Example:
     >>> import torch, intervals
@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["bf16_radius", "is_bf16_radius", "bf16_radius_applies", "ceil_to_bf16", "radius_product_bf16"]
+__all__ = ["bf16_radius", "is_bf16_radius", "bf16_radius_applies", "inflation", "radius_product_bf16"]
 
 _state = threading.local()
 
@@ -76,54 +76,21 @@ def bf16_radius_applies(*tensors: torch.Tensor) -> bool:
     return is_bf16_radius() and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
 
 
-def _ceil_bits(x: torch.Tensor) -> torch.Tensor:
-    # bf16 is float32's upper half: adding 0xFFFF to the bit pattern and dropping the low 16 bits
-    # rounds a non-negative float32 up to the next bf16 (+inf stays +inf, the largest finite
-    # float32 goes to +inf: both upper bounds).
-    bits = x.contiguous().view(torch.int32)
-    return ((bits + 0xFFFF) >> 16).to(torch.int16).view(torch.bfloat16)
+def inflation(terms: int, scale: float = 1.0) -> float:
+    """The factor that lifts a bf16 product of ``terms``-long non-negative sums to an upper bound.
 
-
-class _CeilToBF16(torch.autograd.Function):
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _ceil_bits(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        pass
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        return grad.to(torch.float32)
-
-
-def ceil_to_bf16(x: torch.Tensor) -> torch.Tensor:
-    """The smallest bfloat16 tensor ``>= x``, elementwise, for a non-negative float32 ``x``.
-
-    The gradient passes straight through (cast back to float32).
+    ``1 / ((1 - 2^-8)^3 (1 - (terms - 1) u32))``: both factors and the result rounded to nearest
+    bfloat16, the sum accumulated in float32. Times a margin of ``2^-20`` for the float32 multiply
+    that applies it, times ``scale`` (a power of two, exact).
 
     Example:
-        >>> import torch
-        >>> x = torch.tensor([0.0, 1.0, 1.001, 2.5])
-        >>> ceil_to_bf16(x)
-        tensor([0.0000, 1.0000, 1.0078, 2.5000], dtype=torch.bfloat16)
-    """
-    if x.dtype != torch.float32:
-        raise TypeError(f"ceil_to_bf16: expected a float32 tensor, got {x.dtype}")
-    return _CeilToBF16.apply(x)
-
-
-def inflation(terms: int, scale: float = 1.0) -> float:
-    """The factor that lifts a bf16-rounded sum of ``terms`` non-negative bf16 products to an upper bound.
-
-    ``1 / ((1 - 2^-8) (1 - (terms - 1) u32))``, times a margin of ``2^-20`` for the float32
-    multiply that applies it, times ``scale`` (a power of two, exact).
+        >>> round(inflation(784), 5)
+        1.01186
     """
     n = max(int(terms), 1)
     if (n - 1) * _U32 >= 0.5:
         raise ValueError(f"bf16 radius: a sum of {n} terms is too long for the float32 error bound")
-    return scale / ((1.0 - _UBF16) * (1.0 - (n - 1) * _U32)) * (1.0 + 2.0**-20)
+    return scale / ((1.0 - _UBF16) ** 3 * (1.0 - (n - 1) * _U32)) * (1.0 + 2.0**-20)
 
 
 def radius_product_bf16(
@@ -141,5 +108,5 @@ def radius_product_bf16(
         terms: the number of products summed into each output.
         scale: a power of two folded into the result.
     """
-    out = op(ceil_to_bf16(radius), ceil_to_bf16(abs_weight))
+    out = op(radius.to(torch.bfloat16), abs_weight.to(torch.bfloat16))
     return out.to(torch.float32) * inflation(terms, scale)

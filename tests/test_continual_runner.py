@@ -111,6 +111,18 @@ def test_run_config_validation():
     assert default_config("hypermask", "permuted-mnist")["method_options"]["beta"] == 5e-4
 
 
+@pytest.mark.parametrize("method", ["hnet", "hypermask", "hint", "shield"])
+def test_permuted_mnist_defaults_give_a_head_at_least_as_large_as_the_target(method):
+    """The measured Permuted MNIST setting: a chunked head no smaller than about the target, few chunks."""
+    cfg = default_config(method, "permuted-mnist")
+    opts = cfg["method_options"]
+    target = MLP(784 + 240 * (method == "shield"), hidden=tuple(cfg["target_options"]["hidden"]), num_outputs=10)
+    hnet = build_method(method, target, **opts).hnet
+    head = opts["hnet_hidden"][-1] * opts["chunk_size"]
+    assert head >= 0.9 * hnet.param_count, (head, hnet.param_count)
+    assert hnet.num_chunks <= 30
+
+
 def test_cli_trains_resumes_and_prints(tmp_path, capsys):
     toml = tmp_path / "c.toml"
     toml.write_text('iterations = 40\neval_every = 20\nbatch_size = 32\n[target_options]\nhidden = [16]\n'
