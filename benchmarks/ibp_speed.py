@@ -408,37 +408,32 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_compiled_table(results: Sequence[dict[str, Any]]) -> str:
-    """IBP under ``torch.compile`` (Inductor) against the same eager plain baselines."""
+def _variant_table(results: Sequence[dict[str, Any]], op: str, ratio: str, width: bool = False) -> str:
+    """IBP timed another way (ops ``{op}_fwd``/``{op}_fwdbwd``, ratios ``{ratio}_fwd``/``{ratio}_fwdbwd``)
+    against the same eager plain baselines; ``width`` adds the ``{ratio}_width`` column."""
     head = f"{'model':<20} | {'IBP fwd ms':>10} {'vs plain':>10} | {'IBP f+b ms':>10} {'vs plain':>10}"
+    head += f" | {'width vs fp32':>13}" if width else ""
     lines = [head, "-" * len(head)]
     for r in results:
-        m, ratio, noisy = r["median_ms"], r["ratio"], r["noisy"]
-        lines.append(
-            f"{r['label']:<20} | {_fmt_ms(m['ibpc_fwd'], noisy['ibpc_fwd']):>10} "
-            f"{_mark(ratio['compiled_fwd'], TARGETS['fwd']):>10} | "
-            f"{_fmt_ms(m['ibpc_fwdbwd'], noisy['ibpc_fwdbwd']):>10} "
-            f"{_mark(ratio['compiled_fwdbwd'], TARGETS['fwdbwd']):>10}"
+        m, rat, noisy = r["median_ms"], r["ratio"], r["noisy"]
+        line = (
+            f"{r['label']:<20} | {_fmt_ms(m[op + '_fwd'], noisy[op + '_fwd']):>10} "
+            f"{_mark(rat[ratio + '_fwd'], TARGETS['fwd']):>10} | "
+            f"{_fmt_ms(m[op + '_fwdbwd'], noisy[op + '_fwdbwd']):>10} "
+            f"{_mark(rat[ratio + '_fwdbwd'], TARGETS['fwdbwd']):>10}"
         )
+        lines.append(line + (f" | {rat[ratio + '_width']:12.4f}x" if width else ""))
     return "\n".join(lines)
+
+
+def format_compiled_table(results: Sequence[dict[str, Any]]) -> str:
+    """IBP under ``torch.compile`` (Inductor) against the same eager plain baselines."""
+    return _variant_table(results, "ibpc", "compiled")
 
 
 def format_bf16_table(results: Sequence[dict[str, Any]]) -> str:
     """IBP with bfloat16 radius products against the same plain baselines, and its looseness."""
-    head = (
-        f"{'model':<20} | {'IBP fwd ms':>10} {'vs plain':>10} | {'IBP f+b ms':>10} {'vs plain':>10} | "
-        f"{'width vs fp32':>13}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in results:
-        m, ratio, noisy = r["median_ms"], r["ratio"], r["noisy"]
-        lines.append(
-            f"{r['label']:<20} | {_fmt_ms(m['ibph_fwd'], noisy['ibph_fwd']):>10} "
-            f"{_mark(ratio['bf16_fwd'], TARGETS['fwd']):>10} | "
-            f"{_fmt_ms(m['ibph_fwdbwd'], noisy['ibph_fwdbwd']):>10} "
-            f"{_mark(ratio['bf16_fwdbwd'], TARGETS['fwdbwd']):>10} | {ratio['bf16_width']:12.4f}x"
-        )
-    return "\n".join(lines)
+    return _variant_table(results, "ibph", "bf16", width=True)
 
 
 def _profile(case: Case, rows: int = 12) -> str:
