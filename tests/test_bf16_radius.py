@@ -92,6 +92,20 @@ def test_conv2d_radius_is_never_below_the_exact_radius(seed, stride, padding, gr
     assert_encloses(fast, torch.stack([conv(p) for p in points_in(box, 12, seed)]), what="conv2d, bf16 radius")
 
 
+@pytest.mark.parametrize("nd", [1, 3])
+def test_conv1d_and_conv3d_share_the_bound(nd):
+    conv = {1: F.conv1d, 3: F.conv3d}[nd]
+    g = torch.Generator().manual_seed(nd)
+    w = torch.randn(4, 6, *(3,) * nd, generator=g)
+    box = _box((2, 6, *(7,) * nd), nd, 1.0, 0.2)
+    with intervals.bf16_radius():
+        fast = conv(box, w, None, 1, 1)
+    exact = conv(box.radius.double(), w.double().abs(), None, 1, 1)
+    torch.testing.assert_close(fast.center, conv(box.center, w, None, 1, 1))
+    assert (fast.radius.double() >= exact).all() and (fast.radius.double() <= exact * LOOSEST + 1e-6).all()
+    assert_encloses(fast, torch.stack([conv(p, w, None, 1, 1) for p in points_in(box, 8, nd)]), what=f"conv{nd}d")
+
+
 def test_network_soundness_and_gradients():
     torch.manual_seed(0)
     net = torch.nn.Sequential(

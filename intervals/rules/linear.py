@@ -217,13 +217,13 @@ def _conv_rule(conv: Callable[..., torch.Tensor], nd: int):
         terms = math.prod(weight.shape[1:])
         if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous() and is_iv(x):
             c_in, r_in, scale = _sum_diff(x)
-            w, w_abs = weight, abs_weight(weight)
+            # conv weights are small next to activations: the factor `scale` goes on them instead
+            w = weight if scale == 1.0 else weight * scale
             if precision.bf16_radius_applies(c_in, r_in, weight):
-                centre = conv(c_in, w if scale == 1.0 else w * scale, bias, stride, padding, dilation, groups)
-                return Interval._from_cr(centre, precision.radius_product_bf16(op, r_in, w_abs, terms, scale))
-            if scale != 1.0:  # conv weights are small next to activations: scale them instead
-                w, w_abs = weight * scale, w_abs * scale
-            return Interval._from_cr(conv(c_in, w, bias, stride, padding, dilation, groups), op(r_in, w_abs))
+                radius = precision.radius_product_bf16(op, r_in, abs_weight(weight), terms, scale)
+            else:
+                radius = op(r_in, abs_weight(weight) if scale == 1.0 else abs_weight(weight) * scale)
+            return Interval._from_cr(conv(c_in, w, bias, stride, padding, dilation, groups), radius)
         return bilinear(op, x, weight, bias, terms=terms, add_bias=_channel_bias(nd))
 
     return rule
