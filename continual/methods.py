@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -49,7 +50,8 @@ from torch import nn
 from .hypernet import HyperNetwork
 from .targets import TargetNet
 
-__all__ = ["METHODS", "ContinualMethod", "HINT", "HNET", "HyperMask", "SHIELD", "build_method", "percentile_mask"]
+__all__ = ["METHODS", "ContinualMethod", "HINT", "HNET", "HyperMask", "SHIELD", "build_method", "method_defaults",
+           "percentile_mask"]
 
 
 class ContinualMethod(nn.Module):
@@ -259,6 +261,29 @@ class HyperMask(ContinualMethod):
 
 #: Method names and classes.
 METHODS: dict[str, type[ContinualMethod]] = {"hnet": HNET, "hypermask": HyperMask}
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """The keyword defaults of method ``name``'s constructor, its base classes' included.
+
+    Two run configs that differ only in spelling a default out (``chunk_emb_dim=8`` given or left out)
+    build the same method; the harness uses this to treat them as the same run.
+
+    Example:
+        >>> method_defaults("hnet")["chunk_emb_dim"]
+        8
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    defaults: dict[str, Any] = {}
+    for cls in reversed(METHODS[name].__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty:
+                defaults[p.name] = p.default
+    return defaults
 
 
 def build_method(name: str, target: TargetNet, **kwargs: Any) -> ContinualMethod:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from certify.model_io import atomic_save
 
 from .benchmarks import Benchmark, Task, make_benchmark
-from .methods import METHODS, ContinualMethod, build_method
+from .methods import METHODS, ContinualMethod, build_method, method_defaults
 from .metrics import AccuracyMatrix, RunResults
 from .targets import MLP, ResNet18, ResNet20, SmallConvNet, TargetNet, ZenkeNet
 
@@ -189,6 +189,16 @@ def _optimizer(method: ContinualMethod, cfg: RunConfig) -> torch.optim.Optimizer
     return torch.optim.Adam(method.trainable_parameters(), lr=cfg.lr)
 
 
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a RunConfig dict) as JSON, with the method's unset keyword defaults filled in, so a run
+    saved before a default was spelt out in :data:`continual.cli.DEFAULTS` still resumes."""
+    out = json.loads(json.dumps(config))
+    if out.get("method") in METHODS:
+        defaults = json.loads(json.dumps(method_defaults(out["method"])))
+        out["method_options"] = {**defaults, **out.get("method_options", {})}
+    return out
+
+
 def _load(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -218,9 +228,9 @@ def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     config_path, ckpt_path = out / "config.json", out / "checkpoint.pt"
     if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        if saved != json.loads(json.dumps(cfg.to_dict())):
-            changed = sorted(k for k in saved if saved[k] != cfg.to_dict().get(k))
+        saved, wanted = _with_defaults(json.loads(config_path.read_text())), _with_defaults(cfg.to_dict())
+        if saved != wanted:
+            changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
             raise ValueError(f"{out} holds a run with a different config (differs in: {', '.join(changed)}); "
                              "use another --out or the same settings")
     else:

@@ -240,3 +240,18 @@ def test_per_task_chunk_embeddings_train_and_resume_exactly(tmp_path):
     resumed = run(_cfg(method_options=opts), out, progress=False, log=lambda s: None)
     assert resumed.task_incremental == reference.task_incremental
     assert reference.task_incremental.average_accuracy() > 0.9
+
+
+def test_resume_treats_a_spelt_out_default_as_the_same_config_and_a_changed_one_as_different(tmp_path):
+    out = tmp_path / "run"
+    base = {**default_config("hnet", "split-digits"), "iterations": 20}
+    base["method_options"] = {k: v for k, v in base["method_options"].items() if k != "chunk_emb_dim"}
+    with pytest.raises(KeyboardInterrupt):
+        run(RunConfig.from_dict(base), out, progress=False, log=lambda s: None, stop_after=lambda t, s: True)
+    assert "chunk_emb_dim" not in json.loads((out / "config.json").read_text())["method_options"]
+    spelt = {**base, "method_options": {**base["method_options"], "chunk_emb_dim": 8}}
+    run(RunConfig.from_dict(spelt), out, progress=False, log=lambda s: None)
+    assert (out / "results.json").exists()
+    changed = {**base, "method_options": {**base["method_options"], "chunk_emb_dim": 4}}
+    with pytest.raises(ValueError, match=r"different config \(differs in: method_options\)"):
+        run(RunConfig.from_dict(changed), out, progress=False, log=lambda s: None)
