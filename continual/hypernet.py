@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from intervals import Interval
@@ -210,29 +211,39 @@ class HyperNetwork(nn.Module):
         """
         if emb.dim() not in (1, 2) or emb.shape[-1] != self.emb_dim:
             raise ValueError(f"embedding must have shape (M,) or (T, M) with M={self.emb_dim}, got {tuple(emb.shape)}")
-        chunks = None
-        if self.per_task_chunks:
-            if tasks is None:
-                raise ValueError("this hypernetwork has per-task chunk embeddings (task_chunk_embeddings=True): "
-                                 "forward_flat needs the task id(s) of the embedding(s)")
-            if isinstance(tasks, int):
-                chunks = self.task_chunk_embeddings[self._task_index(tasks)]
-            else:
-                chunks = torch.stack([self.task_chunk_embeddings[self._task_index(t)] for t in tasks])
-            if chunks.dim() != emb.dim() + 1 or (emb.dim() == 2 and chunks.shape[0] != emb.shape[0]):
-                raise ValueError(f"got {emb.shape[0] if emb.dim() == 2 else 'one'} embedding(s) but tasks={tasks!r}")
-        return self._generate(emb, chunks)
+        return self._generate(emb, self._task_chunks(emb, tasks))
 
-    def _generate(self, emb: EmbeddingLike, chunks: torch.Tensor | None) -> EmbeddingLike:
+    def _task_chunks(self, emb: EmbeddingLike, tasks: int | Sequence[int] | None) -> torch.Tensor | None:
+        """The per-task chunk embeddings of ``tasks`` (``None`` when the chunk embeddings are shared)."""
+        if not self.per_task_chunks:
+            return None
+        if tasks is None:
+            raise ValueError("this hypernetwork has per-task chunk embeddings (task_chunk_embeddings=True): "
+                             "forward_flat needs the task id(s) of the embedding(s)")
+        if isinstance(tasks, int):
+            chunks = self.task_chunk_embeddings[self._task_index(tasks)]
+        else:
+            chunks = torch.stack([self.task_chunk_embeddings[self._task_index(t)] for t in tasks])
+        if chunks.dim() != emb.dim() + 1 or (emb.dim() == 2 and chunks.shape[0] != emb.shape[0]):
+            raise ValueError(f"got {emb.shape[0] if emb.dim() == 2 else 'one'} embedding(s) but tasks={tasks!r}")
+        return chunks
+
+    def _features(self, emb: EmbeddingLike, chunks: torch.Tensor | None) -> EmbeddingLike:
+        """The trunk's output: ``(*lead, H)``, or ``(*lead, K, H)`` in chunked mode, where every chunk sees
+        ``[e, c_k]`` (all chunks of all tasks in one pass)."""
         if self.chunk_size is None:
-            return self.head(self.trunk(emb))
+            return self.trunk(emb)
         lead = tuple(emb.shape[:-1])
         k = self.num_chunks
-        # Every chunk sees [e, c_k]: (*lead, K, M + C), all chunks of all tasks in one pass.
         e = emb.unsqueeze(-2).expand(*lead, k, self.emb_dim)
         c = (self.chunk_embeddings if chunks is None else chunks).expand(*lead, k, self.chunk_emb_dim)
-        out = self.head(self.trunk(torch.cat([e, c], dim=-1)))  # (*lead, K, chunk_size)
-        out = out.reshape(*lead, k * self.chunk_size)
+        return self.trunk(torch.cat([e, c], dim=-1))
+
+    def _generate(self, emb: EmbeddingLike, chunks: torch.Tensor | None) -> EmbeddingLike:
+        out = self.head(self._features(emb, chunks))
+        if self.chunk_size is None:
+            return out
+        out = out.reshape(*emb.shape[:-1], self.num_chunks * self.chunk_size)  # (*lead, K, chunk) -> flat
         return out.narrow(-1, 0, self.param_count)
 
     def split(self, flat: EmbeddingLike) -> dict[str, EmbeddingLike]:
@@ -273,10 +284,12 @@ class HyperNetwork(nn.Module):
         Take it before training a new task and pass it to :meth:`regularizer`.
         """
         tasks = list(range(self.num_tasks) if tasks is None else tasks)
-        emb = self.stack_embeddings(tasks)
-        if emb.shape[0] == 0:
-            return emb.new_zeros(0, self.param_count)
-        return self.forward_flat(emb, tasks).detach()
+        if not tasks:
+            return self.head.weight.new_zeros(0, self.param_count)
+        out = self.head.weight.new_empty(len(tasks), self.param_count)
+        for block, offset in self._output_blocks(tasks):
+            out[:, offset: offset + block[0].numel()] = block.reshape(len(tasks), -1)
+        return out
 
     def regularizer(self, snapshot: torch.Tensor, tasks: Sequence[int] | None = None) -> torch.Tensor:
         """``(1/t) sum_{j} ||H(e_j) - H*(e_j)||^2`` over the ``t`` tasks of ``snapshot``, in one batched pass.
@@ -299,9 +312,31 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"snapshot has {t} rows but {len(tasks)} task id(s) were given")
         if t == 0:
             return snapshot.new_zeros(())
-        tasks = list(tasks)
-        diff = self.forward_flat(self.stack_embeddings(tasks), tasks) - snapshot
-        return diff.pow(2).sum(-1).mean()
+        # one fused squared-distance pass per block, against views of the snapshot (no copies)
+        total = snapshot.new_zeros(())
+        for block, offset in self._output_blocks(list(tasks)):
+            target = snapshot[:, offset: offset + block[0].numel()].reshape(block.shape)
+            total = total + F.mse_loss(block, target, reduction="sum")
+        return total / t
+
+    def _output_blocks(self, tasks: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """``H(e_j)`` for ``tasks`` as ``(block, offset)`` pieces of the flat ``(t, P)`` output: the whole
+        output, or in chunked mode the full chunks ``(t, K-1, chunk)`` and the used part of the last.
+
+        The regulariser and :meth:`snapshot` share it (so the regulariser is exactly 0 at the snapshot).
+        It never materialises the padded ``(t, K * chunk)`` output and narrows it: that narrow's
+        backward zero-fills and copies a tensor of that size at every training step.
+        """
+        emb = self.stack_embeddings(tasks)
+        feats = self._features(emb, self._task_chunks(emb, tasks))
+        if self.chunk_size is None:
+            return [(self.head(feats), 0)]
+        k, size = self.num_chunks, self.chunk_size
+        used = self.param_count - (k - 1) * size
+        blocks = [(F.linear(feats[:, k - 1], self.head.weight[:used], self.head.bias[:used]), (k - 1) * size)]
+        if k > 1:
+            blocks.append((self.head(feats[:, : k - 1]), 0))
+        return blocks
 
     # -------------------------------------------------------------------------------- checkpoints
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:

@@ -161,7 +161,9 @@ class ContinualMethod(nn.Module):
         if task == 0 or self.snapshot.shape[0] == 0:
             return self.snapshot.new_zeros(())
         ids = self.regularized_tasks(task, progress)
-        return self.hnet.regularizer(self.snapshot[ids], ids)
+        # all rows, in order (the usual case): the snapshot itself, not an indexed copy of it
+        snap = self.snapshot if ids == list(range(self.snapshot.shape[0])) else self.snapshot[ids]
+        return self.hnet.regularizer(snap, ids)
 
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, task: int, progress: float
