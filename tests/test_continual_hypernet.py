@@ -79,7 +79,8 @@ def test_one_trunk_pass_for_all_tasks_and_chunks(chunk_size):
     assert calls[0] == 2
 
 
-@pytest.mark.parametrize("chunk_size", [None, 7])
+# 7: the last chunk partly used; 19: P = 3 x 19, every chunk full; 100: a single chunk larger than P
+@pytest.mark.parametrize("chunk_size", [None, 7, 19, 100])
 def test_regularizer_equals_the_naive_loop_and_is_zero_after_snapshot(chunk_size):
     hnet = _hnet(chunk_size, num_tasks=4)
     snap = hnet.snapshot([0, 1, 2])
@@ -90,6 +91,10 @@ def test_regularizer_equals_the_naive_loop_and_is_zero_after_snapshot(chunk_size
     reg = hnet.regularizer(snap, [0, 1, 2])
     naive = sum(((hnet.forward_flat(hnet.embeddings[j]) - snap[j]) ** 2).sum() for j in range(3)) / 3
     torch.testing.assert_close(reg, naive)
+    params = [hnet.head.weight, hnet.head.bias, *hnet.trunk.parameters()]
+    for g, g_naive in zip(torch.autograd.grad(reg, params, retain_graph=True), torch.autograd.grad(naive, params),
+                          strict=True):
+        torch.testing.assert_close(g, g_naive)
     assert reg.item() > 0
     # a subset of tasks, in any order
     sub = hnet.snapshot([2, 0])
@@ -212,7 +217,7 @@ def test_output_std_rescales_the_generated_weights_without_touching_the_global_r
     assert torch.equal(torch.get_rng_state(), state)  # same draws as without the option
     torch.testing.assert_close(scaled.trunk[0].weight, plain.trunk[0].weight)
     ratio = scaled.head.weight / plain.head.weight
-    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.flatten()[0])))  # one factor
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.detach().flatten()[0])))  # one factor
     embs = torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
     assert float(scaled.forward_flat(embs).std()) == pytest.approx(0.01, rel=0.3)
     with pytest.raises(ValueError, match="output_std"):
