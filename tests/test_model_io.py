@@ -60,6 +60,7 @@ def test_module_function_factory(tmp_path):
         resolve_factory("resnet")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the hostile file is protocol 4 on purpose
 def test_loading_never_runs_pickled_code(tmp_path):
     marker = tmp_path / "pwned"
 
