@@ -275,7 +275,7 @@ class HINT(ContinualMethod):
         if task == 0 or self.snapshot.shape[0] == 0:
             return self.snapshot.new_zeros(())
         ids = self.regularized_tasks(task, progress)
-        snap = self.snapshot if ids == list(range(self.snapshot.shape[0])) else self.snapshot[ids]
+        snap = self.snapshot_rows(ids)
         # the mean over tasks (and over lower/mid/upper) of squared distances; one fused pass each way
         return F.mse_loss(self._reg_outputs(ids), snap, reduction="sum") / (snap.numel() // snap.shape[-1])
 

@@ -161,9 +161,12 @@ class ContinualMethod(nn.Module):
         if task == 0 or self.snapshot.shape[0] == 0:
             return self.snapshot.new_zeros(())
         ids = self.regularized_tasks(task, progress)
-        # all rows, in order (the usual case): the snapshot itself, not an indexed copy of it
-        snap = self.snapshot if ids == list(range(self.snapshot.shape[0])) else self.snapshot[ids]
-        return self.hnet.regularizer(snap, ids)
+        return self.hnet.regularizer(self.snapshot_rows(ids), ids)
+
+    def snapshot_rows(self, ids: list[int]) -> torch.Tensor:
+        """The snapshot's rows for tasks ``ids``: the snapshot itself when that is all of them in order
+        (the usual case, no indexed copy of a ``(t, P)`` tensor per step), else the indexed rows."""
+        return self.snapshot if ids == list(range(self.snapshot.shape[0])) else self.snapshot[ids]
 
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, task: int, progress: float

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from continual.cli import default_config, eval_main, train_main
-from continual.methods import HyperMask, build_method, percentile_mask
+from continual.methods import HyperMask, build_method, method_defaults, percentile_mask
 from continual.runner import RunConfig, run
 from continual.targets import MLP
 
@@ -255,3 +255,10 @@ def test_resume_treats_a_spelt_out_default_as_the_same_config_and_a_changed_one_
     changed = {**base, "method_options": {**base["method_options"], "chunk_emb_dim": 4}}
     with pytest.raises(ValueError, match=r"different config \(differs in: method_options\)"):
         run(RunConfig.from_dict(changed), out, progress=False, log=lambda s: None)
+
+
+def test_method_defaults_include_the_base_class_keywords_and_name_an_unknown_method():
+    shield = method_defaults("shield")
+    assert shield["chunk_emb_dim"] == 8 and shield["beta"] == 0.01 and "mixup_alpha" in shield
+    with pytest.raises(ValueError, match="unknown method 'nope'; available: hnet"):
+        method_defaults("nope")
