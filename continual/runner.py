@@ -186,7 +186,28 @@ def _start_task(method: ContinualMethod, cfg: RunConfig, task: int) -> None:
 
 
 def _optimizer(method: ContinualMethod, cfg: RunConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(method.trainable_parameters(), lr=cfg.lr)
+    """Adam; the fused single-kernel step where this torch has one for the device.
+
+    The hypernetwork head is millions of parameters: the unfused CPU step (about ten passes over
+    them) took 30-40 ms of a 60-370 ms Permuted MNIST step, the fused one about 12 ms.
+    """
+    params = list(method.trainable_parameters())
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, fused=True)
+    except (RuntimeError, ValueError):  # torch < 2.4 on CPU, or a device without a fused Adam
+        return torch.optim.Adam(params, lr=cfg.lr)
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load ``state`` but keep ``opt``'s own implementation flags.
+
+    ``Optimizer.load_state_dict`` copies every saved group setting, ``fused``/``foreach`` included:
+    a checkpoint written by an unfused optimizer would silently turn a fused one back off.
+    """
+    flags = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for g, f in zip(opt.param_groups, flags, strict=True):
+        g.update(f)
 
 
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +346,7 @@ def _train_task(method: ContinualMethod, cfg: RunConfig, task_data: Task, task: 
     xv, yv = task_data.tensors("val", device=cfg.device)
     opt = _optimizer(method, cfg)
     if opt_state is not None:
-        opt.load_state_dict(opt_state)
+        _load_optimizer(opt, opt_state)
     bar = None
     if progress:
         from tqdm.auto import tqdm

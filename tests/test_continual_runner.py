@@ -262,3 +262,23 @@ def test_method_defaults_include_the_base_class_keywords_and_name_an_unknown_met
     assert shield["chunk_emb_dim"] == 8 and shield["beta"] == 0.01 and "mixup_alpha" in shield
     with pytest.raises(ValueError, match="unknown method 'nope'; available: hnet"):
         method_defaults("nope")
+
+
+def test_the_optimizer_is_fused_where_torch_has_one_and_stays_so_after_loading_an_unfused_state():
+    from continual.runner import _load_optimizer, _optimizer
+
+    method = build_method("hnet", MLP(4, hidden=(8,), num_outputs=2), emb_dim=3, hnet_hidden=(8,))
+    method.start_task(0)
+    opt = _optimizer(method, _cfg())
+    fused = opt.param_groups[0]["fused"]
+    assert fused or not torch.__version__ >= "2.4"  # CPU fused Adam from torch 2.4 (TorchVersion compares versions)
+    # a checkpoint written by the plain Adam of an earlier version: same moments, other flags
+    plain = torch.optim.Adam(method.trainable_parameters(), lr=1e-3)
+    for p in method.trainable_parameters():
+        p.grad = torch.ones_like(p)
+    plain.step()
+    _load_optimizer(opt, plain.state_dict())
+    assert opt.param_groups[0]["fused"] == fused
+    moments = [s["exp_avg"] for s in opt.state.values()]
+    assert moments and all(torch.allclose(m, torch.full_like(m, 0.1)) for m in moments)
+    opt.step()  # and it still steps
