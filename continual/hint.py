@@ -247,13 +247,27 @@ class HINT(ContinualMethod):
         shape = (0, p) if self.reg_on == "mid" else (0, 3, p)
         return torch.zeros(shape, device=ref.device, dtype=ref.dtype)
 
+    def _reg_blocks(self, tasks: Sequence[int]) -> list[tuple[list[torch.Tensor], int]]:
+        """What the regulariser compares, for the full-``eps`` boxes of ``tasks``, as ``(parts, offset)``
+        pieces of the flat output (see :meth:`HyperNetwork._output_blocks`): ``parts`` is ``[midpoint]``
+        (``reg_on="mid"``) or ``[lower, midpoint, upper]``. One batched hypernetwork pass; the midpoint
+        alone skips the head's radius product."""
+        tasks = list(tasks)
+        mid = self.reg_on == "mid"
+        blocks = self.hnet._output_blocks(tasks, self.embedding_boxes(tasks), center_features=mid)
+        if mid:
+            return [([b], off) for b, off in blocks]
+        return [([b.lower, b.center, b.upper], off) for b, off in blocks]
+
     def _reg_outputs(self, tasks: Sequence[int]) -> torch.Tensor:
-        """What the regulariser compares, for the full-``eps`` boxes of ``tasks``: ``(T, P)`` midpoints
-        (``reg_on="mid"``) or ``(T, 3, P)`` lower/midpoint/upper; one batched hypernetwork pass."""
-        out = self.hnet.forward_flat(self.embedding_boxes(tasks))
-        if self.reg_on == "mid":
-            return out.center
-        return torch.stack([out.lower, out.center, out.upper], dim=1)
+        """The snapshot layout of :meth:`_reg_blocks`: ``(T, P)`` midpoints or ``(T, 3, P)`` lower/mid/upper."""
+        tasks = list(tasks)
+        out = self._empty_snapshot().new_empty((len(tasks), *self._empty_snapshot().shape[1:]))
+        for parts, off in self._reg_blocks(tasks):
+            for i, part in enumerate(parts):
+                n = part[0].numel()
+                (out if self.reg_on == "mid" else out[:, i])[:, off: off + n] = part.reshape(len(tasks), n)
+        return out
 
     def start_task(self, task: int) -> None:
         """Snapshot the previous tasks' regularised outputs, then add ``e_t`` and ``rho_t`` (tasks start in order)."""
@@ -276,8 +290,15 @@ class HINT(ContinualMethod):
             return self.snapshot.new_zeros(())
         ids = self.regularized_tasks(task, progress)
         snap = self.snapshot_rows(ids)
-        # the mean over tasks (and over lower/mid/upper) of squared distances; one fused pass each way
-        return F.mse_loss(self._reg_outputs(ids), snap, reduction="sum") / (snap.numel() // snap.shape[-1])
+        # the mean over tasks (and over lower/mid/upper) of squared distances: one fused pass per block,
+        # against views of the snapshot
+        total = snap.new_zeros(())
+        for parts, off in self._reg_blocks(ids):
+            for i, part in enumerate(parts):
+                rows = snap if self.reg_on == "mid" else snap[:, i]
+                target = rows[:, off: off + part[0].numel()].reshape(part.shape)
+                total = total + F.mse_loss(part, target, reduction="sum")
+        return total / (snap.numel() // snap.shape[-1])
 
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # A checkpoint with more tasks than this instance: create the missing rho_t before the

@@ -319,16 +319,26 @@ class HyperNetwork(nn.Module):
             total = total + F.mse_loss(block, target, reduction="sum")
         return total / t
 
-    def _output_blocks(self, tasks: list[int]) -> list[tuple[torch.Tensor, int]]:
+    def _output_blocks(
+        self, tasks: list[int], emb: EmbeddingLike | None = None, *, center_features: bool = False
+    ) -> list[tuple[Any, int]]:
         """``H(e_j)`` for ``tasks`` as ``(block, offset)`` pieces of the flat ``(t, P)`` output: the whole
         output, or in chunked mode the full chunks ``(t, K-1, chunk)`` and the used part of the last.
 
-        The regulariser and :meth:`snapshot` share it (so the regulariser is exactly 0 at the snapshot).
+        ``emb``: the tasks' ``(t, M)`` embeddings (default: their own), a tensor or an Interval (then
+        the blocks are Intervals). ``center_features``: pass only the centre of the trunk's interval
+        features through the head. The head is affine, so this is the centre of the output box (up
+        to rounding), without the head's radius product.
+
+        The regularisers and snapshots share it (so a regulariser is exactly 0 at its snapshot).
         It never materialises the padded ``(t, K * chunk)`` output and narrows it: that narrow's
         backward zero-fills and copies a tensor of that size at every training step.
         """
-        emb = self.stack_embeddings(tasks)
+        if emb is None:
+            emb = self.stack_embeddings(tasks)
         feats = self._features(emb, self._task_chunks(emb, tasks))
+        if center_features and isinstance(feats, Interval):
+            feats = feats.center
         if self.chunk_size is None:
             return [(self.head(feats), 0)]
         k, size = self.num_chunks, self.chunk_size

@@ -222,6 +222,29 @@ def test_regularizer_starts_at_zero_and_sees_changes_of_old_boxes(reg_on):
         assert m2.regularizer(1).item() > 0
 
 
+@pytest.mark.parametrize("chunk_size", [None, 7, 19, 1000])
+@pytest.mark.parametrize(("nested", "reg_on"), [(False, "mid"), (True, "mid"), (False, "lmu")])
+def test_regularizer_equals_the_full_interval_pass_in_value_and_gradients(chunk_size, nested, reg_on):
+    """The block-wise regulariser (midpoints without the head's radius product) against the plain
+    definition: the whole padded interval output, its midpoints (and endpoints), and a sum of squares."""
+    m = _hint(tasks=4, chunk_size=chunk_size, nested=nested, reg_on=reg_on)
+    snap = m.snapshot.clone()
+    with torch.no_grad():  # training the current task moves the hypernetwork
+        for q in [*m.hnet.trunk.parameters(), *m.hnet.head.parameters()]:
+            q.add_(0.05 * torch.randn_like(q))
+    reg = m.regularizer(3)
+    out = m.hnet.forward_flat(m.embedding_boxes([0, 1, 2]))
+    parts = [out.center] if reg_on == "mid" else [out.lower, out.center, out.upper]
+    rows = [snap] if reg_on == "mid" else [snap[:, i] for i in range(3)]
+    naive = sum(((a - b) ** 2).sum() for a, b in zip(parts, rows, strict=True)) / (3 * len(parts))
+    torch.testing.assert_close(reg, naive)
+    params = [m.hnet.head.weight, m.hnet.head.bias, *m.hnet.trunk.parameters()]
+    for g, g_naive in zip(torch.autograd.grad(reg, params, retain_graph=True), torch.autograd.grad(naive, params),
+                          strict=True):
+        torch.testing.assert_close(g, g_naive)
+    assert reg.item() > 0
+
+
 @pytest.mark.parametrize(("nested", "reg_on"), [(False, "mid"), (True, "lmu")])
 def test_state_dict_round_trip_grows_a_fresh_instance(nested, reg_on):
     m = _hint(tasks=3, nested=nested, reg_on=reg_on, double=False, chunk_size=20)
