@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from continual.cli import default_config
-from continual.runner import RunConfig, batched_accuracy, run
+from continual.runner import RunConfig, run
 
 
 def _parse_option(text: str) -> tuple[list[str], Any]:
@@ -65,16 +65,6 @@ def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
     return [(step, sum(v) / len(v)) for step, v in sorted(per_step.items())]
 
 
-def universal_hook(method: Any, bench: Any, t: int) -> dict[str, list[float]]:
-    """After task ``t`` of a HINT run: test accuracy on tasks ``0 .. t`` of the ONE weight set at the universal
-    embedding of the boxes so far (``"universal"``); for methods without one, nothing."""
-    if not hasattr(method, "logits_universal"):
-        return {}
-    accs = [batched_accuracy(lambda xb, j=j: method.logits_universal(xb, j), *bench.tasks[j].tensors("test"))
-            for j in range(t + 1)]
-    return {"universal": accs}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.continual_repro", description=__doc__.split("\n")[0])
     p.add_argument("--benchmarks", default="split-digits", help="comma list (default split-digits)")
@@ -108,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     name = f"{bench}-{method}-it{cfg.iterations}-s{seed}"
                     t0 = time.perf_counter()
                     res = run(cfg, args.out / name, args.data_dir, progress=not args.no_progress,
-                              log=lambda s: print("  " + s, flush=True), after_task=universal_hook)
+                              log=lambda s: print("  " + s, flush=True))
                     m = res.task_incremental
                     rows.append({"benchmark": bench, "method": method, "iterations": cfg.iterations, "seed": seed,
                                  "tasks": m.num_tasks, "average_accuracy": m.average_accuracy(), "bwt": m.bwt(),

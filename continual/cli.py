@@ -211,6 +211,10 @@ def print_results(results: RunResults) -> None:
               "untrained model's accuracy)")
     print(f"training time {sum(results.train_seconds):.1f} s ("
           + ", ".join(f"{t:.1f}" for t in results.train_seconds) + " s per task)")
+    universal = results.matrices.get("universal")
+    if universal is not None:
+        print("\nuniversal embedding (ONE weight set for every task) accuracy (%): row = after task i")
+        print(universal.table())
     if results.class_incremental is not None and results.task_inference is not None:
         last = results.num_tasks - 1
         cil = [results.class_incremental[last, j] for j in range(results.num_tasks)]

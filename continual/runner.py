@@ -235,6 +235,20 @@ def _load(path: Path) -> dict[str, Any]:
 AfterTask = Callable[[ContinualMethod, Benchmark, int], dict[str, list[float]]]
 
 
+def universal_accuracy(method: ContinualMethod, bench: Benchmark, task: int) -> dict[str, list[float]]:
+    """After ``task``: ``{"universal": [...]}``, the test accuracy on tasks ``0 .. task`` of the ONE weight
+    set at the universal embedding of the task boxes so far (HINT); ``{}`` for methods without one.
+
+    :func:`run` records it after every task, as the matrix ``"universal"`` of the results.
+    """
+    logits = getattr(method, "logits_universal", None)
+    if logits is None:
+        return {}
+    device = next(method.parameters()).device
+    tests = [bench.tasks[j].tensors("test", device=device) for j in range(task + 1)]
+    return {"universal": [batched_accuracy(lambda xb, j=j: logits(xb, j), x, y) for j, (x, y) in enumerate(tests)]}
+
+
 def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None, *, progress: bool = True,
         log: Callable[[str], None] = print, stop_after: Callable[[int, int], bool] | None = None,
         after_task: AfterTask | None = None) -> RunResults:
@@ -242,7 +256,8 @@ def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None,
 
     ``after_task(method, benchmark, t)``, called once task ``t`` is trained (method in eval mode), may
     return named accuracies on tasks ``0 .. t`` (robust or certified accuracy, say); they become rows
-    of extra matrices in the results (``RunResults.matrices``) and are checkpointed with the run.
+    of extra matrices in the results (``RunResults.matrices``) and are checkpointed with the run. A method
+    with a universal embedding (HINT) always gets the matrix ``"universal"`` (:func:`universal_accuracy`).
     ``stop_after(task, step)`` (tests) returning True simulates a kill right after that checkpoint.
     """
     out = Path(out_dir)
@@ -293,9 +308,9 @@ def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None,
         method.end_task(task)
         row = evaluate_tasks(method, bench, task, "test", cfg.device)
         matrix.record_row(task, row)
-        if after_task is not None:
-            method.eval()
-            for name, accs in after_task(method, bench, task).items():
+        method.eval()
+        for hook in (universal_accuracy, after_task):
+            for name, accs in (hook(method, bench, task) if hook is not None else {}).items():
                 extra.setdefault(name, AccuracyMatrix(n_tasks)).record_row(task, accs)
         times.append(spent)
         log(f"task {task + 1}/{n_tasks} done in {spent:.1f} s: test accuracy " + " ".join(f"{a:.4f}" for a in row))

@@ -4,6 +4,7 @@ boxes and the universal embedding, schedules, checkpoints, and learning on Split
 from __future__ import annotations
 
 import doctest
+import json
 
 import pytest
 import torch
@@ -328,3 +329,22 @@ def test_the_runner_trains_and_resumes_hint_exactly(tmp_path, monkeypatch):
 def test_hint_rejects_per_task_chunk_embeddings():
     with pytest.raises(ValueError, match="task_chunk_embeddings"):
         HINT(MLP(4, hidden=(8,), num_outputs=2), emb_dim=3, hnet_hidden=(8,), chunk_size=5, task_chunk_embeddings=True)
+
+
+def test_continual_train_and_eval_report_the_universal_embedding_after_every_task(tmp_path, capsys):
+    from continual.cli import eval_main, train_main
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('iterations = 20\neval_every = 10\nbatch_size = 32\n[benchmark_options]\nnum_tasks = 2\n'
+                    '[target_options]\nhidden = [16]\n[method_options]\nemb_dim = 4\nhnet_hidden = [16]\n'
+                    'nested = true\neps = 2.0\n')
+    run_dir = tmp_path / "run"
+    argv = ["--method", "hint", "--out", str(run_dir), "--config", str(toml), "--no-progress", "--threads", "1"]
+    assert train_main(argv) == 0
+    assert "universal embedding" in capsys.readouterr().out
+    universal = json.loads((run_dir / "results.json").read_text())["matrices"]["universal"]["values"]
+    # one row per task, over the tasks seen so far (task 1's entry is empty after task 0)
+    assert len(universal) == 2 and universal[1][0] is not None and universal[1][1] is not None
+    assert universal[0][1] is None
+    assert eval_main([str(run_dir)]) == 0
+    assert "universal embedding" in capsys.readouterr().out
