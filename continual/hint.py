@@ -69,6 +69,7 @@ from torch import nn
 
 from intervals import Interval
 
+from .hypernet import blocks_squared_distance, write_blocks
 from .methods import ContinualMethod
 from .targets import TargetNet
 
@@ -249,26 +250,30 @@ class HINT(ContinualMethod):
         shape = (0, p) if self.reg_on == "mid" else (0, 3, p)
         return torch.zeros(shape, device=ref.device, dtype=ref.dtype)
 
-    def _reg_blocks(self, tasks: Sequence[int]) -> list[tuple[list[torch.Tensor], int]]:
-        """What the regulariser compares, for the full-``eps`` boxes of ``tasks``, as ``(parts, offset)``
-        pieces of the flat output (see :meth:`HyperNetwork._output_blocks`): ``parts`` is ``[midpoint]``
-        (``reg_on="mid"``) or ``[lower, midpoint, upper]``. One batched hypernetwork pass; the midpoint
-        alone skips the head's radius product."""
+    def _reg_blocks(self, tasks: Sequence[int]) -> list[list[tuple[torch.Tensor, int]]]:
+        """What the regulariser compares, for the full-``eps`` boxes of ``tasks``: one list of ``(block,
+        offset)`` pieces of the flat output (see :meth:`HyperNetwork._output_blocks`) per compared weight
+        set, ``[midpoints]`` (``reg_on="mid"``) or ``[lower, midpoints, upper]``, in the order of
+        :meth:`_snapshot_views`. One batched hypernetwork pass; the midpoints alone skip the head's radius
+        product."""
         tasks = list(tasks)
         mid = self.reg_on == "mid"
         blocks = self.hnet._output_blocks(tasks, self.embedding_boxes(tasks), center_features=mid)
         if mid:
-            return [([b], off) for b, off in blocks]
-        return [([b.lower, b.center, b.upper], off) for b, off in blocks]
+            return [blocks]
+        return [[(getattr(b, part), off) for b, off in blocks] for part in ("lower", "center", "upper")]
+
+    def _snapshot_views(self, snap: torch.Tensor) -> list[torch.Tensor]:
+        """The ``(T, P)`` views of a snapshot, one per compared weight set (see :meth:`_reg_blocks`)."""
+        return [snap] if self.reg_on == "mid" else list(snap.unbind(1))
 
     def _reg_outputs(self, tasks: Sequence[int]) -> torch.Tensor:
-        """The snapshot layout of :meth:`_reg_blocks`: ``(T, P)`` midpoints or ``(T, 3, P)`` lower/mid/upper."""
+        """The snapshot of ``tasks``: ``(T, P)`` midpoints or ``(T, 3, P)`` lower/mid/upper."""
         tasks = list(tasks)
-        out = self._empty_snapshot().new_empty((len(tasks), *self._empty_snapshot().shape[1:]))
-        for parts, off in self._reg_blocks(tasks):
-            for i, part in enumerate(parts):
-                n = part[0].numel()
-                (out if self.reg_on == "mid" else out[:, i])[:, off: off + n] = part.reshape(len(tasks), n)
+        empty = self._empty_snapshot()
+        out = empty.new_empty((len(tasks), *empty.shape[1:]))
+        for blocks, view in zip(self._reg_blocks(tasks), self._snapshot_views(out), strict=True):
+            write_blocks(blocks, view)
         return out
 
     def start_task(self, task: int) -> None:
@@ -292,14 +297,9 @@ class HINT(ContinualMethod):
             return self.snapshot.new_zeros(())
         ids = self.regularized_tasks(task, progress)
         snap = self.snapshot_rows(ids)
-        # the mean over tasks (and over lower/mid/upper) of squared distances: one fused pass per block,
-        # against views of the snapshot
-        total = snap.new_zeros(())
-        for parts, off in self._reg_blocks(ids):
-            for i, part in enumerate(parts):
-                rows = snap if self.reg_on == "mid" else snap[:, i]
-                target = rows[:, off: off + part[0].numel()].reshape(part.shape)
-                total = total + F.mse_loss(part, target, reduction="sum")
+        # the mean over tasks (and over lower/mid/upper) of squared distances
+        total = sum(blocks_squared_distance(blocks, view)
+                    for blocks, view in zip(self._reg_blocks(ids), self._snapshot_views(snap), strict=True))
         return total / (snap.numel() // snap.shape[-1])
 
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:

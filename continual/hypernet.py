@@ -43,7 +43,7 @@ from torch import nn
 
 from intervals import Interval
 
-__all__ = ["HyperNetwork"]
+__all__ = ["HyperNetwork", "blocks_squared_distance", "write_blocks"]
 
 EmbeddingLike = torch.Tensor | Interval
 
@@ -287,8 +287,7 @@ class HyperNetwork(nn.Module):
         if not tasks:
             return self.head.weight.new_zeros(0, self.param_count)
         out = self.head.weight.new_empty(len(tasks), self.param_count)
-        for block, offset in self._output_blocks(tasks):
-            out[:, offset: offset + block[0].numel()] = block.reshape(len(tasks), -1)
+        write_blocks(self._output_blocks(tasks), out)
         return out
 
     def regularizer(self, snapshot: torch.Tensor, tasks: Sequence[int] | None = None) -> torch.Tensor:
@@ -312,12 +311,7 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"snapshot has {t} rows but {len(tasks)} task id(s) were given")
         if t == 0:
             return snapshot.new_zeros(())
-        # one fused squared-distance pass per block, against views of the snapshot (no copies)
-        total = snapshot.new_zeros(())
-        for block, offset in self._output_blocks(list(tasks)):
-            target = snapshot[:, offset: offset + block[0].numel()].reshape(block.shape)
-            total = total + F.mse_loss(block, target, reduction="sum")
-        return total / t
+        return blocks_squared_distance(self._output_blocks(list(tasks)), snapshot) / t
 
     def _output_blocks(
         self, tasks: list[int], emb: EmbeddingLike | None = None, *, center_features: bool = False
@@ -362,3 +356,21 @@ class HyperNetwork(nn.Module):
         if self.per_task_chunks:
             chunks += " (per task)"
         return f"emb_dim={self.emb_dim}, tasks={self.num_tasks}, target_weights={self.param_count}{chunks}"
+
+
+def write_blocks(blocks: Sequence[tuple[torch.Tensor, int]], flat: torch.Tensor) -> None:
+    """Write ``(block, offset)`` pieces of a ``(t, P)`` output (:meth:`HyperNetwork._output_blocks`) into
+    ``flat`` (a ``(t, P)`` tensor or view)."""
+    for block, offset in blocks:
+        n = block[0].numel()
+        flat[:, offset: offset + n] = block.reshape(flat.shape[0], n)
+
+
+def blocks_squared_distance(blocks: Sequence[tuple[torch.Tensor, int]], flat: torch.Tensor) -> torch.Tensor:
+    """``sum ||block - flat[:, piece]||^2`` over ``(block, offset)`` pieces of a ``(t, P)`` output, against
+    views of ``flat`` (no copies): one fused squared-distance pass per block."""
+    total = flat.new_zeros(())
+    for block, offset in blocks:
+        target = flat[:, offset: offset + block[0].numel()].reshape(block.shape)
+        total = total + F.mse_loss(block, target, reduction="sum")
+    return total

@@ -309,8 +309,8 @@ def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None,
         row = evaluate_tasks(method, bench, task, "test", cfg.device)
         matrix.record_row(task, row)
         method.eval()
-        for hook in (universal_accuracy, after_task):
-            for name, accs in (hook(method, bench, task) if hook is not None else {}).items():
+        for hook in [h for h in (universal_accuracy, after_task) if h is not None]:
+            for name, accs in hook(method, bench, task).items():
                 extra.setdefault(name, AccuracyMatrix(n_tasks)).record_row(task, accs)
         times.append(spent)
         log(f"task {task + 1}/{n_tasks} done in {spent:.1f} s: test accuracy " + " ".join(f"{a:.4f}" for a in row))
