@@ -69,7 +69,7 @@ from torch import nn
 
 from intervals import Interval
 
-from .hypernet import blocks_squared_distance, write_blocks
+from .hypernet import blocks_squared_distance, head_squared_distance, write_blocks
 from .methods import ContinualMethod
 from .targets import TargetNet
 
@@ -298,8 +298,12 @@ class HINT(ContinualMethod):
         ids = self.regularized_tasks(task, progress)
         snap = self.snapshot_rows(ids)
         # the mean over tasks (and over lower/mid/upper) of squared distances
-        total = sum(blocks_squared_distance(blocks, view)
-                    for blocks, view in zip(self._reg_blocks(ids), self._snapshot_views(snap), strict=True))
+        if self.reg_on == "mid":
+            pieces = self.hnet._head_pieces(ids, self.embedding_boxes(ids), center_features=True)
+            total = head_squared_distance(pieces, snap)
+        else:
+            total = sum(blocks_squared_distance(blocks, view)
+                        for blocks, view in zip(self._reg_blocks(ids), self._snapshot_views(snap), strict=True))
         return total / (snap.numel() // snap.shape[-1])
 
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:

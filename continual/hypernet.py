@@ -35,17 +35,31 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from intervals import Interval
 
-__all__ = ["HyperNetwork", "blocks_squared_distance", "write_blocks"]
+__all__ = ["HeadPiece", "HyperNetwork", "blocks_squared_distance", "head_squared_distance", "write_blocks"]
 
 EmbeddingLike = torch.Tensor | Interval
+
+
+class HeadPiece(NamedTuple):
+    """One application of the hypernetwork's affine head, ``F.linear(feats, weight, bias)``, whose output
+    lands at ``flat[:, offset : offset + output_width]`` of the flat ``(t, P)`` output."""
+
+    feats: EmbeddingLike  # (t, H) or (t, k, H)
+    weight: torch.Tensor  # (n, H)
+    bias: torch.Tensor  # (n,)
+    offset: int
+
+    def output(self) -> EmbeddingLike:
+        return F.linear(self.feats, self.weight, self.bias)
 
 
 class HyperNetwork(nn.Module):
@@ -311,36 +325,45 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"snapshot has {t} rows but {len(tasks)} task id(s) were given")
         if t == 0:
             return snapshot.new_zeros(())
-        return blocks_squared_distance(self._output_blocks(list(tasks)), snapshot) / t
+        return head_squared_distance(self._head_pieces(list(tasks)), snapshot) / t
 
-    def _output_blocks(
+    def _head_pieces(
         self, tasks: list[int], emb: EmbeddingLike | None = None, *, center_features: bool = False
-    ) -> list[tuple[Any, int]]:
-        """``H(e_j)`` for ``tasks`` as ``(block, offset)`` pieces of the flat ``(t, P)`` output: the whole
-        output, or in chunked mode the full chunks ``(t, K-1, chunk)`` and the used part of the last.
+    ) -> list[HeadPiece]:
+        """The head's inputs for ``H(e_j)``, ``tasks``' flat ``(t, P)`` output, as :class:`HeadPiece` pieces:
+        the whole output, or in chunked mode the full chunks ``(t, K-1, chunk)`` and the used part of
+        the last chunk.
 
         ``emb``: the tasks' ``(t, M)`` embeddings (default: their own), a tensor or an Interval (then
-        the blocks are Intervals). ``center_features``: pass only the centre of the trunk's interval
-        features through the head. The head is affine, so this is the centre of the output box (up
+        the features are Intervals). ``center_features``: keep only the centre of the trunk's interval
+        features. The head is affine, so the piece's output is then the centre of the output box (up
         to rounding), without the head's radius product.
 
         The regularisers and snapshots share it (so a regulariser is exactly 0 at its snapshot).
-        It never materialises the padded ``(t, K * chunk)`` output and narrows it: that narrow's
-        backward zero-fills and copies a tensor of that size at every training step.
+        It never builds the padded ``(t, K * chunk)`` output and narrows it: that narrow's backward
+        zero-fills and copies a tensor of that size at every training step.
         """
         if emb is None:
             emb = self.stack_embeddings(tasks)
         feats = self._features(emb, self._task_chunks(emb, tasks))
         if center_features and isinstance(feats, Interval):
             feats = feats.center
+        w, b = self.head.weight, self.head.bias
         if self.chunk_size is None:
-            return [(self.head(feats), 0)]
+            return [HeadPiece(feats, w, b, 0)]
         k, size = self.num_chunks, self.chunk_size
         used = self.param_count - (k - 1) * size
-        blocks = [(F.linear(feats[:, k - 1], self.head.weight[:used], self.head.bias[:used]), (k - 1) * size)]
+        pieces = [HeadPiece(feats[:, k - 1], w[:used], b[:used], (k - 1) * size)]
         if k > 1:
-            blocks.append((self.head(feats[:, : k - 1]), 0))
-        return blocks
+            pieces.append(HeadPiece(feats[:, : k - 1], w, b, 0))
+        return pieces
+
+    def _output_blocks(
+        self, tasks: list[int], emb: EmbeddingLike | None = None, *, center_features: bool = False
+    ) -> list[tuple[Any, int]]:
+        """``H(e_j)`` for ``tasks`` as ``(block, offset)`` pieces of the flat ``(t, P)`` output (the
+        outputs of :meth:`_head_pieces`; Intervals for interval features)."""
+        return [(p.output(), p.offset) for p in self._head_pieces(tasks, emb, center_features=center_features)]
 
     # -------------------------------------------------------------------------------- checkpoints
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -373,4 +396,80 @@ def blocks_squared_distance(blocks: Sequence[tuple[torch.Tensor, int]], flat: to
     for block, offset in blocks:
         target = flat[:, offset: offset + block[0].numel()].reshape(block.shape)
         total = total + F.mse_loss(block, target, reduction="sum")
+    return total
+
+
+def _sum_of_squares(d: torch.Tensor) -> torch.Tensor:
+    """``sum(d ** 2)`` of a contiguous tensor: one BLAS dot per 64k-element slice, the partial sums added
+    in float64. A single float32 dot over tens of millions of entries loses about 1e-3 relative
+    accuracy; ``(d * d).sum()`` is accurate but costs another pass and a temporary of ``d``'s size."""
+    flat = d.reshape(-1)
+    if flat.numel() == 0:
+        return d.new_zeros(())
+    parts = torch.stack([torch.dot(s, s) for s in flat.split(1 << 16)])
+    return parts.sum(dtype=torch.float64).to(d.dtype)
+
+
+class _AffineSquaredDistance(torch.autograd.Function):
+    """``||feats @ weight^T + bias - target||^2`` and its gradients in one blocked pass.
+
+    The difference is built a block of output columns at a time (small enough to stay in cache):
+    ``addmm``, the target subtracted in place, its sum of squares and its contributions to the
+    three gradients, so the ``(N, n)`` difference is never written out whole, saved or read back.
+    The output is a scalar, so the gradients can be formed in the forward pass and only scaled by
+    ``2 g`` in the backward; they are skipped when no input needs them. ``target`` is a constant (a
+    snapshot): it gets no gradient.
+    """
+
+    BLOCK = 1024  # output columns per block: a (207, 1024) float32 block is 0.8 MiB
+
+    @staticmethod
+    def forward(ctx: Any, feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                target: torch.Tensor) -> torch.Tensor:
+        f2 = feats.reshape(-1, feats.shape[-1])
+        n, lead = weight.shape[0], target.shape[:-1]
+        need_f, need_w, need_b = ctx.needs_input_grad[:3]
+        g_feats = torch.zeros_like(f2) if need_f else None
+        g_weight = torch.empty_like(weight) if need_w else None
+        g_bias = torch.empty_like(bias) if need_b else None
+        parts = []
+        for j in range(0, n, _AffineSquaredDistance.BLOCK):
+            k = min(n, j + _AffineSquaredDistance.BLOCK)
+            diff = torch.addmm(bias[j:k], f2, weight[j:k].t())
+            diff.view(*lead, k - j).sub_(target[..., j:k])
+            parts.append(_sum_of_squares(diff))
+            if g_feats is not None:
+                g_feats.addmm_(diff, weight[j:k])
+            if g_weight is not None:
+                torch.mm(diff.t(), f2, out=g_weight[j:k])
+            if g_bias is not None:
+                torch.sum(diff, 0, out=g_bias[j:k])
+        ctx.feats_shape = feats.shape
+        ctx.grads = (g_feats, g_weight, g_bias)
+        return torch.stack(parts).sum(dtype=torch.float64).to(f2.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        g_feats, g_weight, g_bias = ctx.grads
+        scale = 2 * grad
+        return (None if g_feats is None else g_feats.mul(scale).view(ctx.feats_shape),
+                None if g_weight is None else g_weight.mul(scale),
+                None if g_bias is None else g_bias.mul(scale), None)
+
+
+def head_squared_distance(pieces: Sequence[HeadPiece], flat: torch.Tensor) -> torch.Tensor:
+    """``sum ||piece.output() - flat[:, piece's range]||^2`` over the :class:`HeadPiece` pieces of a ``(t, P)``
+    output, against views of ``flat`` (a constant, no copies), without materialising the outputs:
+    the same value and gradients as :func:`blocks_squared_distance` of the pieces' outputs (up to
+    float rounding), in one cache-blocked pass. The features must be tensors (not Intervals).
+    """
+    total = flat.new_zeros(())
+    for p in pieces:
+        if not isinstance(p.feats, torch.Tensor):
+            raise TypeError(f"head_squared_distance needs tensor features, got {type(p.feats).__name__}")
+        n = p.weight.shape[0]
+        target = flat[:, p.offset: p.offset + (p.feats[0].numel() // p.feats.shape[-1]) * n]
+        target = target.reshape(*p.feats.shape[:-1], n)
+        total = total + _AffineSquaredDistance.apply(p.feats, p.weight, p.bias, target.detach())
     return total

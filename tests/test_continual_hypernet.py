@@ -105,6 +105,36 @@ def test_regularizer_equals_the_naive_loop_and_is_zero_after_snapshot(chunk_size
     assert empty.shape == (0, P) and hnet.regularizer(empty).item() == 0.0
 
 
+@pytest.mark.parametrize("block", [1024, 3])  # 3: every piece split into several column blocks
+@pytest.mark.parametrize("chunk_size", [None, 7, 19])
+def test_head_squared_distance_matches_the_materialised_blocks_and_passes_gradcheck(chunk_size, block, monkeypatch):
+    monkeypatch.setattr(hypernet._AffineSquaredDistance, "BLOCK", block)
+    hnet = _hnet(chunk_size, num_tasks=3).double()
+    snap = hnet.snapshot() + 0.1 * torch.randn(3, P, dtype=torch.float64)
+    pieces = hnet._head_pieces([0, 1, 2])
+    fused = hypernet.head_squared_distance(pieces, snap)
+    blocks = hypernet.blocks_squared_distance(hnet._output_blocks([0, 1, 2]), snap)
+    torch.testing.assert_close(fused, blocks)
+    for p in pieces:  # the autograd function itself, every input that gets a gradient
+        target = snap[:, p.offset: p.offset + p.output()[0].numel()].reshape(p.output().shape)
+        args = (p.feats.detach().requires_grad_(), p.weight.detach().requires_grad_(),
+                p.bias.detach().requires_grad_(), target)
+        assert torch.autograd.gradcheck(hypernet._AffineSquaredDistance.apply, args)
+    box = Interval.from_center_radius(hnet.stack_embeddings([0, 1]).detach(), 0.1)
+    with pytest.raises(TypeError, match="tensor features"):
+        hypernet.head_squared_distance(hnet._head_pieces([0, 1], box), snap[:2])
+
+
+def test_sum_of_squares_keeps_float32_accuracy_over_millions_of_entries():
+    torch.manual_seed(0)
+    d = torch.randn(3_000_000) * 0.01 + 0.001
+    exact = (d.double() ** 2).sum()
+    got = hypernet._sum_of_squares(d)
+    assert got.dtype == torch.float32
+    assert abs(got.double() / exact - 1) < 1e-6
+    assert hypernet._sum_of_squares(d[:0]).item() == 0.0
+
+
 def test_regularizer_gradients_and_frozen_embeddings():
     hnet = _hnet(num_tasks=3)
     snap = hnet.snapshot([0, 1])
