@@ -150,11 +150,55 @@ interval_linear.register_autograd(_interval_linear_backward, setup_context=_inte
 
 
 # ---------------------------------------------------------------------------- point weights, |W| fused in
+# Elements per row block of the weight-gradient temporaries and of |W| (1 MiB of float32).
+_BLOCK_ELEMENTS = 1 << 18
+_MIN_BLOCK_ROWS = 64  # rows per |W| block at least, so that each block's GEMM stays efficient
+
+
+def _abs_row_blocks(weight: Tensor) -> Optional[int]:
+    """Rows per block for taking ``|W|`` a row block at a time, or ``None`` to take it whole.
+
+    A large ``W`` (a hypernetwork head: 78,000 x 100) makes ``|W|`` a full extra write and read of
+    weight-sized memory next to a GEMM that is itself memory-bound for a small batch; block by block
+    the absolute values stay in cache.
+    Under ``torch.compile`` the whole form is traced (Inductor fuses the ``abs`` itself).
+    """
+    if weight.numel() <= 4 * _BLOCK_ELEMENTS or torch.compiler.is_compiling():
+        return None
+    rows = max(_MIN_BLOCK_ROWS, _BLOCK_ELEMENTS // max(1, weight.shape[1]))
+    return rows if rows < weight.shape[0] else None
+
+
+def _radius_product(radius: Tensor, weight: Tensor, scale: float) -> Tensor:
+    """``s r |W|^T`` (the radius of a point-weight layer), ``|W|`` taken in row blocks when that pays."""
+    rows = _abs_row_blocks(weight)
+    if rows is None:
+        return scaled_gemm(radius, weight.abs(), None, scale)
+    blocks = [scaled_gemm(radius, weight[i:i + rows].abs(), None, scale) for i in range(0, weight.shape[0], rows)]
+    return torch.cat(blocks, dim=-1)
+
+
+def _radius_input_grad(grad_r: Tensor, weight: Tensor, scale: float) -> Tensor:
+    """``s g_r |W|`` (the gradient of the radius product w.r.t. the input radius), blocked like
+    :func:`_radius_product`."""
+    rows = _abs_row_blocks(weight)
+    if rows is None:
+        out = grad_r @ weight.abs()
+    else:
+        g2 = _flat2(grad_r)
+        out = g2.new_zeros(g2.shape[0], weight.shape[1])
+        for i in range(0, weight.shape[0], rows):
+            out.addmm_(g2[:, i:i + rows], weight[i:i + rows].abs())
+        out = out.reshape(*grad_r.shape[:-1], weight.shape[1])
+    return out * scale if scale != 1.0 else out
+
+
 def interval_linear_fused_reference(
     center: Tensor, radius: Tensor, weight: Tensor, bias: Optional[Tensor], scale: float = 1.0
 ) -> tuple[Tensor, Tensor]:
-    """Torch form of :func:`interval_linear_fused`: ``|W|`` materialised, two GEMMs."""
-    return interval_linear_reference(center, radius, weight, weight.abs(), bias, scale)
+    """Torch form of :func:`interval_linear_fused`: two GEMMs, ``|W|`` taken whole or, for a large
+    ``W``, a row block at a time (:func:`_abs_row_blocks`)."""
+    return scaled_gemm(center, weight, bias, scale), _radius_product(radius, weight, scale)
 
 
 @torch.library.custom_op("hypercert::interval_linear_fused", mutates_args=())
@@ -199,7 +243,7 @@ def interval_linear_fused_backward_reference(
     if need_center:
         out.append((grad_c @ weight) * s if s != 1.0 else grad_c @ weight)
     if need_radius:
-        out.append((grad_r @ weight.abs()) * s if s != 1.0 else grad_r @ weight.abs())
+        out.append(_radius_input_grad(grad_r, weight, s))
     if need_weight:
         # d|W|/dW = sign(W) (0 at 0, as torch's abs backward). Row blocks keep the W-sized temporaries
         # (g_r^T r and sign(W)) small: for a wide layer (DM-large's 512 x 32768) each would be as large
@@ -213,10 +257,6 @@ def interval_linear_fused_backward_reference(
             g_weight.mul_(s)
         out.append(g_weight)
     return out
-
-
-# Elements per row block of the weight-gradient temporaries (1 MiB of float32).
-_BLOCK_ELEMENTS = 1 << 18
 
 
 @torch.library.custom_op("hypercert::interval_linear_fused_backward", mutates_args=())
