@@ -212,15 +212,19 @@ def print_results(results: RunResults) -> None:
               "untrained model's accuracy)")
     print(f"training time {sum(results.train_seconds):.1f} s ("
           + ", ".join(f"{t:.1f}" for t in results.train_seconds) + " s per task)")
-    universal = results.matrices.get("universal")
-    if universal is not None:
-        print("\nuniversal embedding (ONE weight set for every task) accuracy (%): row = after task i")
-        print(universal.table())
+    for name, matrix in results.matrices.items():
+        if name == "universal":
+            print("\nuniversal embedding (ONE weight set for every task) accuracy (%): row = after task i")
+        else:  # e.g. the robust matrices of benchmarks.continual_robust ("certified ibp eps=0.01", ...)
+            print(f"\n{name} accuracy (%): row = after training task i, column = task j")
+        print(matrix.table())
     if results.class_incremental is not None and results.task_inference is not None:
         last = results.num_tasks - 1
         cil = [results.class_incremental[last, j] for j in range(results.num_tasks)]
         inf = [results.task_inference[last, j] for j in range(results.num_tasks)]
-        print(f"class-incremental (task inferred by lowest entropy): accuracy {100 * sum(cil) / len(cil):.2f}%, "
+        method = results.settings.get("config", {}).get("method")
+        rule = "interval-weighted entropy" if method == "hint" else "entropy"
+        print(f"class-incremental (task inferred by lowest {rule}): accuracy {100 * sum(cil) / len(cil):.2f}%, "
               f"task inference {100 * sum(inf) / len(inf):.2f}%")
 
 

@@ -399,8 +399,9 @@ class HINT(ContinualMethod):
         entropies of ``(z_l + z_m)/2``, ``z_m`` and ``(z_u + z_m)/2``: the three logit sets of the
         upstream code, which votes among their three arg-min tasks instead (:meth:`infer_task`
         ``mode="vote"``). A task whose whole weight box is confident on ``x`` scores low.
-        ``mode="mid"``: the entropy of the midpoint prediction alone (what the runner's default
-        class-incremental evaluation uses).
+        ``mode="mid"``: the entropy of the midpoint prediction alone (the rule of the point-weight
+        methods). The runner's class-incremental evaluation (:func:`continual.runner.class_incremental`)
+        uses ``mode="interval"``.
         """
         if mode not in _ENTROPY_MODES:
             raise ValueError(f"mode must be one of {', '.join(_ENTROPY_MODES)}, got {mode!r}")

@@ -200,3 +200,21 @@ def test_ibp_speed_bf16_radius_rows(capsys: pytest.CaptureFixture[str]) -> None:
     res = ibp_speed.time_case(ibp_speed.CASES["dm-small"], 1, 0, bf16=True)
     assert {"ibph_fwd", "ibph_fwdbwd"} <= set(res["median_ms"])
     assert 1.0 <= res["ratio"]["bf16_width"] < 1.2
+
+
+def test_continual_step_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import continual_step
+
+    out = tmp_path / "steps.json"
+    assert continual_step.main(["--benchmark", "split-digits", "--methods", "hnet", "hint", "--tasks", "1", "3",
+                                "--repeats", "1", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["method"], r["task"]) for r in rows] == [("hnet", 1), ("hnet", 3), ("hint", 1), ("hint", 3)]
+    for r in rows:
+        assert r["step_ms"] > 0 and r["target_fb_ms"] > 0
+        # task 1 has no earlier task to regularise; from task 2 on both forms agree and are timed
+        assert ("reg_ms" in r) == (r["task"] > 1)
+        if r["task"] > 1:
+            assert r["reg_materialised_ms"] > 0 and r["reg_rel_diff"] < 1e-4
+    assert "materialised" in capsys.readouterr().out
+    assert continual_step.main(["--tasks", "0"]) == 2

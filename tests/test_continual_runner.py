@@ -282,3 +282,19 @@ def test_the_optimizer_is_fused_where_torch_has_one_and_stays_so_after_loading_a
     moments = [s["exp_avg"] for s in opt.state.values()]
     assert moments and all(torch.allclose(m, torch.full_like(m, 0.1)) for m in moments)
     opt.step()  # and it still steps
+
+
+def test_continual_eval_prints_every_recorded_matrix(tmp_path, capsys):
+    """Robust matrices recorded by benchmarks.continual_robust are printed by continual-eval, by name."""
+    from continual.metrics import AccuracyMatrix, RunResults
+
+    results = RunResults(AccuracyMatrix([[0.99, None], [0.98, 0.97]]), train_seconds=[1.0, 1.0],
+                         settings={"config": {"method": "shield"}},
+                         matrices={"certified ibp eps=0.01": AccuracyMatrix([[0.91, None], [0.9, 0.88]]),
+                                   "pgd eps=0.01": AccuracyMatrix([[0.95, None], [0.94, 0.93]])})
+    (tmp_path / "run").mkdir()
+    results.to_json(tmp_path / "run" / "results.json")
+    assert eval_main([str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "certified ibp eps=0.01 accuracy" in out and "pgd eps=0.01 accuracy" in out
+    assert "88.00" in out and "93.00" in out
