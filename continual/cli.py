@@ -215,6 +215,9 @@ def print_results(results: RunResults) -> None:
     for name, matrix in results.matrices.items():
         if name == "universal":
             print("\nuniversal embedding (ONE weight set for every task) accuracy (%): row = after task i")
+        elif name == "universal inside box":
+            print("\nuniversal embedding inside task j's box (100 = yes; 0 = the boxes do not intersect, the "
+                  "embedding is upstream's fallback midpoint, no guarantee)")
         else:  # e.g. the robust matrices of benchmarks.continual_robust ("certified ibp eps=0.01", ...)
             print(f"\n{name} accuracy (%): row = after training task i, column = task j")
         print(matrix.table())

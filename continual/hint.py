@@ -366,6 +366,13 @@ class HINT(ContinualMethod):
         lo, hi = self._intersection(tasks)
         return ((lo + hi) / 2).detach()
 
+    def universal_inside(self, tasks: Sequence[int] | None = None) -> list[bool]:
+        """Per task of ``tasks`` (default: all): whether :meth:`universal_embedding` of ``tasks`` lies in
+        that task's full-``eps`` box (always in nested mode; in standard mode only if the boxes intersect)."""
+        tasks = list(range(self.num_tasks) if tasks is None else tasks)
+        boxes = self.embedding_boxes(tasks)
+        return [bool(v) for v in boxes.contains(self.universal_embedding(tasks)).all(-1)]
+
     def universal_weights(self, tasks: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         """``H(u)`` at the universal embedding ``u``: ONE weight set for all ``tasks``.
 

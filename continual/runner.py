@@ -238,15 +238,21 @@ AfterTask = Callable[[ContinualMethod, Benchmark, int], dict[str, list[float]]]
 def universal_accuracy(method: ContinualMethod, bench: Benchmark, task: int) -> dict[str, list[float]]:
     """After ``task``: ``{"universal": [...]}``, the test accuracy on tasks ``0 .. task`` of the ONE weight
     set at the universal embedding of the task boxes so far (HINT); ``{}`` for methods without one.
+    With it, ``"universal inside box"``: 1.0 where that embedding lies in the task's box, 0.0 where the
+    boxes do not intersect and it is only upstream's fallback midpoint (no guarantee).
 
-    :func:`run` records it after every task, as the matrix ``"universal"`` of the results.
+    :func:`run` records both after every task, as matrices of the results.
     """
     logits = getattr(method, "logits_universal", None)
     if logits is None:
         return {}
     device = next(method.parameters()).device
     tests = [bench.tasks[j].tensors("test", device=device) for j in range(task + 1)]
-    return {"universal": [batched_accuracy(lambda xb, j=j: logits(xb, j), x, y) for j, (x, y) in enumerate(tests)]}
+    out = {"universal": [batched_accuracy(lambda xb, j=j: logits(xb, j), x, y) for j, (x, y) in enumerate(tests)]}
+    inside = getattr(method, "universal_inside", None)
+    if inside is not None:
+        out["universal inside box"] = [float(v) for v in inside(list(range(task + 1)))]
+    return out
 
 
 def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None, *, progress: bool = True,

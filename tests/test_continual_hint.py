@@ -138,6 +138,7 @@ def test_nested_boxes_always_intersect_and_the_universal_embedding_serves_every_
     assert bool((common.lower <= -sigma).all() and (common.upper >= sigma).all())
     u = m.universal_embedding()
     assert bool(common.contains(u).all())
+    assert m.universal_inside() == [True] * 4 and m.universal_inside([2, 0]) == [True, True]
     x = torch.randn(6, 6, dtype=torch.float64)
     z_u = m.logits_universal(x)
     w_u = m.universal_weights()
@@ -165,7 +166,9 @@ def test_standard_mode_boxes_may_be_disjoint():
     r0, r1 = m.embedding_box(0).radius.detach(), m.embedding_box(1).radius.detach()
     # upstream's fallback: the midpoint between the disjoint bounds 5 - r1 and -5 + r0
     torch.testing.assert_close(m.universal_embedding(), ((5 - r1) + (-5 + r0)) / 2)
+    assert m.universal_inside() == [False, False]  # the fallback midpoint lies in neither box
     assert bool(m.universal_box([1]).contains(m.hnet.embeddings[1].detach()).all())
+    assert m.universal_inside([1]) == [True]
 
 
 # ---------------------------------------------------------------------------------------------- training pieces
@@ -349,5 +352,8 @@ def test_continual_train_and_eval_report_the_universal_embedding_after_every_tas
     # one row per task, over the tasks seen so far (task 1's entry is empty after task 0)
     assert len(universal) == 2 and universal[1][0] is not None and universal[1][1] is not None
     assert universal[0][1] is None
+    inside = json.loads((run_dir / "results.json").read_text())["matrices"]["universal inside box"]["values"]
+    assert inside == [[1.0, None], [1.0, 1.0]]  # nested mode: always inside every box
     assert eval_main([str(run_dir)]) == 0
-    assert "universal embedding" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "universal embedding (ONE weight set" in out and "universal embedding inside task j's box" in out
