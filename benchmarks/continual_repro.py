@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from continual.cli import default_config
+from continual.cli import default_config, follow_iterations
 from continual.runner import RunConfig, run
 
 
@@ -94,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         data["eval_every"] = min(data["eval_every"], iters)
                     for path, value in options:
                         _apply(data, path, value)
-                    cfg = RunConfig.from_dict(data)
+                    explicit = {path[1] for path, _ in options if len(path) == 2 and path[0] == "method_options"}
+                    cfg = RunConfig.from_dict(follow_iterations(data, explicit=explicit))
                     name = f"{bench}-{method}-it{cfg.iterations}-s{seed}"
                     t0 = time.perf_counter()
                     res = run(cfg, args.out / name, args.data_dir, progress=not args.no_progress,

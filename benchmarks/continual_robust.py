@@ -22,7 +22,7 @@ import torch
 from certify.attacks import AttackConfig
 from certify.evaluation import evaluate
 from continual.benchmarks import Benchmark
-from continual.cli import default_config
+from continual.cli import default_config, follow_iterations
 from continual.methods import ContinualMethod
 from continual.runner import RunConfig, run
 
@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         data["eval_every"] = min(data["eval_every"], args.iterations)
     for option in args.option:
         apply_option(data, option)
-    cfg = RunConfig.from_dict(data)
+    explicit = {o.partition("=")[0].split(".")[1] for o in args.option if o.startswith("method_options.")}
+    cfg = RunConfig.from_dict(follow_iterations(data, explicit=explicit))
     hook = robust_hook(args.eps, args.methods.split(","), args.n,
                        AttackConfig(steps=args.pgd_steps, seed=args.seed))
     results = run(cfg, args.out, args.data_dir, progress=not args.no_progress,

@@ -24,7 +24,7 @@ from .methods import METHODS
 from .metrics import RunResults
 from .runner import TARGETS, RunConfig, run
 
-__all__ = ["DEFAULTS", "default_config", "eval_main", "train_main"]
+__all__ = ["DEFAULTS", "HINT_KAPPA_PER_ITERATION", "default_config", "eval_main", "follow_iterations", "train_main"]
 
 _MNIST_MLP = {"target": "mlp", "target_options": {"hidden": [1000, 1000]}}
 # The papers' [100, 100] hnet (M = 24) in front of hypercl's 78,000-weight chunks: a head (100 x 78,000
@@ -136,6 +136,31 @@ def default_config(method: str, benchmark: str) -> dict[str, Any]:
     return _merge(base, json.loads(json.dumps(DEFAULTS[benchmark][method])))
 
 
+#: HINT's paper schedule ``kappa = max(0.5, 1 - 5e-5 * it)`` (DESIGN.md): per iteration, so ``kappa_decay``
+#: (per unit of task progress) is ``5e-5 * iterations``; every HINT default above follows it.
+HINT_KAPPA_PER_ITERATION = 5e-5
+
+
+def follow_iterations(data: dict[str, Any], *, explicit: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Keep the per-iteration schedules of a config dict true to the papers after its ``iterations``
+    changed: HINT's ``kappa_decay`` becomes ``5e-5 * iterations`` unless ``kappa_decay`` is in
+    ``explicit`` (set by the user). Returns ``data``.
+
+    Example:
+        >>> cfg = default_config("hint", "permuted-mnist")
+        >>> cfg["iterations"] = 2000
+        >>> follow_iterations(cfg)["method_options"]["kappa_decay"]   # kappa ends at 0.9, as in the paper
+        0.1
+    """
+    opts = data.get("method_options", {})
+    if data.get("method") == "hint" and "kappa_decay" not in explicit:
+        default = DEFAULTS.get(data.get("benchmark"), {}).get("hint", {})
+        if data["iterations"] != default.get("iterations") or "kappa_decay" not in opts:
+            opts["kappa_decay"] = round(HINT_KAPPA_PER_ITERATION * data["iterations"], 10)
+        data["method_options"] = opts
+    return data
+
+
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` over ``base``; nested option tables merge key by key."""
     out = dict(base)
@@ -173,7 +198,14 @@ def _train_parser() -> argparse.ArgumentParser:
         "  continual-train --method hnet --benchmark split-digits --out runs/digits-hnet\n"
         "  continual-train --method hypermask --benchmark permuted-mnist --data-dir ../shared/data \\\n"
         "      --out runs/pm-hypermask --iterations 2000\n"
-        "  continual-train --method hnet --benchmark split-mnist --data-dir DIR --out RUN --config my.toml\n\n"
+        "  continual-train --method hnet --benchmark split-mnist --data-dir DIR --out RUN --config my.toml\n"
+        "  continual-train --method hint --benchmark permuted-mnist --data-dir DIR --out runs/pm-hint\n"
+        "  continual-train --method shield --benchmark split-mnist --data-dir DIR --out runs/sm-shield\n"
+        "  continual-eval runs/pm-hint\n"
+        "  certify-robustness --model runs/sm-shield --task all --eps 0.02 --methods ibp,crown,pgd\n\n"
+        "HINT options (method_options): eps, nested (the universal-embedding mode), reg_on (mid | lmu),\n"
+        "kappa_decay (default 5e-5 x iterations, the paper's schedule; follows --iterations unless set).\n"
+        "SHIELD options: eps, mixup_alpha, phi (linear | quadratic | log | cos).\n"
         f"methods: {', '.join(METHODS)}; benchmarks: {', '.join(BENCHMARKS)}; targets: {', '.join(TARGETS)}.\n"
         "A TOML config holds RunConfig keys, e.g.\n"
         "  iterations = 3000\n  lr = 5e-4\n  [method_options]\n  beta = 0.05\n  [benchmark_options]\n"
@@ -194,12 +226,15 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> RunConfig:
     data = default_config(args.method, args.benchmark)
+    explicit: set[str] = set()
     if args.config is not None:
-        data = _merge(data, _read_toml(args.config))
+        toml = _read_toml(args.config)
+        explicit = set(toml.get("method_options", {}))
+        data = _merge(data, toml)
     for key in ("seed", "device", "iterations"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
-    return RunConfig.from_dict(data)
+    return RunConfig.from_dict(follow_iterations(data, explicit=explicit))
 
 
 def print_results(results: RunResults) -> None:

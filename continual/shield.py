@@ -241,7 +241,12 @@ class SHIELD(HNET):
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, task: int, progress: float
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``kappa * L_fit + (1 - kappa) * L_spec + beta * R / max(1, t)`` on one Interval MixUp batch."""
+        """``kappa * L_fit + (1 - kappa) * L_spec + beta * R / max(1, t)`` on one Interval MixUp batch.
+
+        The statistics' ``certified`` is a training diagnostic: the share of the batch whose box (the
+        mixed input, radius ``phi(lambda) * eps``) is certified for the label with the larger mixing
+        weight; not a certificate of the clean test inputs at ``eps`` (``certify`` measures those).
+        """
         weights = self.task_weights(task)
         eps_cur, kappa = self.eps_at(progress), self.kappa_at(progress)
         lam, perm = self.sample_mixup(x.shape[0])
@@ -268,7 +273,7 @@ class SHIELD(HNET):
             spec = lam * robust_cross_entropy(margins[0])
             if mixed:
                 spec = spec + (1.0 - lam) * robust_cross_entropy(margins[1])
-            certified = float((margins[0] > 0).all(1).float().mean())
+            certified = float((margins[0 if lam >= 0.5 else 1] > 0).all(1).float().mean())
         reg = self.regularizer(task, progress) / max(1, task)
         loss = kappa * fit + (1.0 - kappa) * spec + self.beta * reg
         with torch.no_grad():

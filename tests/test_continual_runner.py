@@ -298,3 +298,30 @@ def test_continual_eval_prints_every_recorded_matrix(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "certified ibp eps=0.01 accuracy" in out and "pgd eps=0.01 accuracy" in out
     assert "88.00" in out and "93.00" in out
+
+
+def test_hint_kappa_schedule_follows_the_iteration_count(tmp_path):
+    """The paper's kappa = max(0.5, 1 - 5e-5 it): kappa_decay = 5e-5 * iterations unless the user set it."""
+    from benchmarks.continual_repro import _apply, _parse_option
+    from continual.cli import _config, _train_parser, follow_iterations
+
+    def cfg(*argv: str) -> RunConfig:
+        return _config(_train_parser().parse_args(["--method", "hint", "--benchmark", "permuted-mnist",
+                                                   "--out", str(tmp_path / "run"), *argv]))
+
+    assert cfg().method_options["kappa_decay"] == 0.25 and cfg().iterations == 5000  # the default, untouched
+    assert cfg("--iterations", "2000").method_options["kappa_decay"] == 0.1
+    toml = tmp_path / "k.toml"
+    toml.write_text("[method_options]\nkappa_decay = 0.4\n")
+    assert cfg("--iterations", "2000", "--config", str(toml)).method_options["kappa_decay"] == 0.4
+    toml.write_text("iterations = 1000\n")
+    assert cfg("--config", str(toml)).method_options["kappa_decay"] == 0.05
+    # SHIELD's kappa runs on task progress (DESIGN.md): not rescaled
+    shield = default_config("shield", "permuted-mnist")
+    shield["iterations"] = 100
+    assert follow_iterations(shield)["method_options"] == default_config("shield", "permuted-mnist")["method_options"]
+    # continual_repro: an explicit --option wins
+    data = default_config("hint", "permuted-mnist")
+    data["iterations"] = 2000
+    _apply(data, *_parse_option("method_options.kappa_decay=0.25"))
+    assert follow_iterations(data, explicit={"kappa_decay"})["method_options"]["kappa_decay"] == 0.25
