@@ -410,43 +410,53 @@ def _sum_of_squares(d: torch.Tensor) -> torch.Tensor:
     return parts.sum(dtype=torch.float64).to(d.dtype)
 
 
-class _AffineSquaredDistance(torch.autograd.Function):
-    """``||feats @ weight^T + bias - target||^2`` and its gradients in one blocked pass.
+_BLOCK_COLUMNS = 1024  # output columns per block of the regulariser: a (207, 1024) float32 block is 0.8 MiB
+
+
+def _blocked_squared_distance(
+    feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, target: torch.Tensor, need: Sequence[bool]
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """``||feats @ weight^T + bias - target||^2`` and the gradients (of the squared distance, without the
+    factor 2) w.r.t. ``feats`` (flattened to 2-D), ``weight`` and ``bias`` where ``need`` asks for them.
 
     The difference is built a block of output columns at a time (small enough to stay in cache):
     ``addmm``, the target subtracted in place, its sum of squares and its contributions to the
-    three gradients, so the ``(N, n)`` difference is never written out whole, saved or read back.
-    The output is a scalar, so the gradients can be formed in the forward pass and only scaled by
-    ``2 g`` in the backward; they are skipped when no input needs them. ``target`` is a constant (a
-    snapshot): it gets no gradient.
+    gradients, so the ``(N, n)`` difference is never written out whole, saved or read back.
     """
+    f2 = feats.reshape(-1, feats.shape[-1])
+    n, lead = weight.shape[0], target.shape[:-1]
+    grads: list[torch.Tensor | None] = [
+        torch.zeros_like(f2) if need[0] else None,
+        torch.empty_like(weight) if need[1] else None,
+        torch.empty_like(bias) if need[2] else None,
+    ]
+    g_feats, g_weight, g_bias = grads
+    parts = []
+    for j in range(0, n, _BLOCK_COLUMNS):
+        k = min(n, j + _BLOCK_COLUMNS)
+        diff = torch.addmm(bias[j:k], f2, weight[j:k].t())
+        diff.view(*lead, k - j).sub_(target[..., j:k])
+        parts.append(_sum_of_squares(diff))
+        if g_feats is not None:
+            g_feats.addmm_(diff, weight[j:k])
+        if g_weight is not None:
+            torch.mm(diff.t(), f2, out=g_weight[j:k])
+        if g_bias is not None:
+            torch.sum(diff, 0, out=g_bias[j:k])
+    return torch.stack(parts).sum(dtype=torch.float64).to(f2.dtype), grads
 
-    BLOCK = 1024  # output columns per block: a (207, 1024) float32 block is 0.8 MiB
+
+class _AffineSquaredDistance(torch.autograd.Function):
+    """Autograd for :func:`_blocked_squared_distance`. The output is a scalar, so the gradients are
+    formed in the forward pass (the blocked pass) and the backward only scales them by ``2 g``.
+    ``target`` is a constant (a snapshot): it gets no gradient."""
 
     @staticmethod
     def forward(ctx: Any, feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 target: torch.Tensor) -> torch.Tensor:
-        f2 = feats.reshape(-1, feats.shape[-1])
-        n, lead = weight.shape[0], target.shape[:-1]
-        need_f, need_w, need_b = ctx.needs_input_grad[:3]
-        g_feats = torch.zeros_like(f2) if need_f else None
-        g_weight = torch.empty_like(weight) if need_w else None
-        g_bias = torch.empty_like(bias) if need_b else None
-        parts = []
-        for j in range(0, n, _AffineSquaredDistance.BLOCK):
-            k = min(n, j + _AffineSquaredDistance.BLOCK)
-            diff = torch.addmm(bias[j:k], f2, weight[j:k].t())
-            diff.view(*lead, k - j).sub_(target[..., j:k])
-            parts.append(_sum_of_squares(diff))
-            if g_feats is not None:
-                g_feats.addmm_(diff, weight[j:k])
-            if g_weight is not None:
-                torch.mm(diff.t(), f2, out=g_weight[j:k])
-            if g_bias is not None:
-                torch.sum(diff, 0, out=g_bias[j:k])
+        value, ctx.grads = _blocked_squared_distance(feats, weight, bias, target, ctx.needs_input_grad[:3])
         ctx.feats_shape = feats.shape
-        ctx.grads = (g_feats, g_weight, g_bias)
-        return torch.stack(parts).sum(dtype=torch.float64).to(f2.dtype)
+        return value
 
     @staticmethod
     @once_differentiable
@@ -471,5 +481,9 @@ def head_squared_distance(pieces: Sequence[HeadPiece], flat: torch.Tensor) -> to
         n = p.weight.shape[0]
         target = flat[:, p.offset: p.offset + (p.feats[0].numel() // p.feats.shape[-1]) * n]
         target = target.reshape(*p.feats.shape[:-1], n)
-        total = total + _AffineSquaredDistance.apply(p.feats, p.weight, p.bias, target.detach())
+        if torch.is_grad_enabled() and (p.feats.requires_grad or p.weight.requires_grad or p.bias.requires_grad):
+            value = _AffineSquaredDistance.apply(p.feats, p.weight, p.bias, target.detach())
+        else:  # no graph: the value alone (autograd functions see requires_grad even under no_grad)
+            value = _blocked_squared_distance(p.feats, p.weight, p.bias, target, (False, False, False))[0]
+        total = total + value
     return total

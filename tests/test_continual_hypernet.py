@@ -108,13 +108,15 @@ def test_regularizer_equals_the_naive_loop_and_is_zero_after_snapshot(chunk_size
 @pytest.mark.parametrize("block", [1024, 3])  # 3: every piece split into several column blocks
 @pytest.mark.parametrize("chunk_size", [None, 7, 19])
 def test_head_squared_distance_matches_the_materialised_blocks_and_passes_gradcheck(chunk_size, block, monkeypatch):
-    monkeypatch.setattr(hypernet._AffineSquaredDistance, "BLOCK", block)
+    monkeypatch.setattr(hypernet, "_BLOCK_COLUMNS", block)
     hnet = _hnet(chunk_size, num_tasks=3).double()
     snap = hnet.snapshot() + 0.1 * torch.randn(3, P, dtype=torch.float64)
     pieces = hnet._head_pieces([0, 1, 2])
     fused = hypernet.head_squared_distance(pieces, snap)
     blocks = hypernet.blocks_squared_distance(hnet._output_blocks([0, 1, 2]), snap)
     torch.testing.assert_close(fused, blocks)
+    with torch.no_grad():  # the value-only path (no gradients formed) agrees
+        torch.testing.assert_close(hypernet.head_squared_distance(pieces, snap), fused.detach())
     for p in pieces:  # the autograd function itself, every input that gets a gradient
         target = snap[:, p.offset: p.offset + p.output()[0].numel()].reshape(p.output().shape)
         args = (p.feats.detach().requires_grad_(), p.weight.detach().requires_grad_(),
