@@ -281,7 +281,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"continual-train: error: {msg}", file=sys.stderr)
         return 2
     print_results(results)
-    print(f"\nresults in {args.out}: results.json, accuracy.csv, accuracy_matrix.png, task_curves.png")
+    print(f"\nresults in {args.out}: results.json, accuracy.csv, accuracy_matrix.png, task_curves.png"
+          + ("" if not results.matrices else " (and a CSV and heatmap per further matrix)"))
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -408,13 +409,24 @@ def _train_task(method: ContinualMethod, cfg: RunConfig, task_data: Task, task: 
         bar.close()
 
 
+def matrix_file_stem(name: str) -> str:
+    """File-name stem of a named results matrix: ``"certified ibp eps=0.01"`` -> ``"certified_ibp_eps_0.01"``."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", name).strip("_")
+
+
 def _write_results(results: RunResults, out: Path) -> None:
+    """``results.json``, ``accuracy.csv`` and the plots; every further matrix (HINT's universal embedding,
+    the robust matrices) as ``<name>.csv`` and ``<name>_matrix.png`` too."""
     results.to_json(out / "results.json")
     results.task_incremental.to_csv(out / "accuracy.csv")
+    for name, matrix in results.matrices.items():
+        matrix.to_csv(out / f"{matrix_file_stem(name)}.csv")
     try:
         from .metrics import plot_accuracy_matrix, plot_task_curves
 
         plot_accuracy_matrix(results.task_incremental, out / "accuracy_matrix.png")
         plot_task_curves(results.task_incremental, out / "task_curves.png")
+        for name, matrix in results.matrices.items():
+            plot_accuracy_matrix(matrix, out / f"{matrix_file_stem(name)}_matrix.png", title=f"{name} accuracy")
     except ImportError:  # matplotlib missing: the numbers are written, the pictures are not
         pass

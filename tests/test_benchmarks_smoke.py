@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -180,6 +181,10 @@ def test_continual_robust_smoke_and_resume(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "run" / "results.json").read_text())
     assert data["settings"]["config"]["method_options"]["eps"] == 0.07  # --option reached the training config
     assert set(data["matrices"]) == {"clean", "certified ibp eps=0.05", "pgd eps=0.05"}
+    for stem in ("clean", "certified_ibp_eps_0.05", "pgd_eps_0.05"):  # each matrix as CSV and heatmap
+        assert (tmp_path / "run" / f"{stem}.csv").read_text().strip()
+        if importlib.util.find_spec("matplotlib") is not None:
+            assert (tmp_path / "run" / f"{stem}_matrix.png").stat().st_size > 0
     cfg = RunConfig.from_dict({**default_config("shield", "split-digits"), "iterations": 20, "eval_every": 20})
     hook = continual_robust.robust_hook(0.05, ["ibp"], 10, continual_robust.AttackConfig(steps=3))
     with pytest.raises(KeyboardInterrupt):
