@@ -34,8 +34,10 @@ Training loss of one batch of task ``t`` (progress ``p`` in [0, 1] through the t
 * schedules: ``eps`` ramps linearly from 0 to ``eps`` over the first ``eps_warmup`` (default half) of
   each task and stays there; ``kappa(p) = max(kappa_min, 1 - kappa_decay * p)``. The paper's
   ``kappa = max(0.5, 1 - 5e-5 * it)`` is ``kappa_decay = 5e-5 * iterations`` (0.25 for 5000 iterations,
-  0.1 for 2000). (Upstream's code also drops ``kappa`` to ``kappa_min`` at the half-way point; this
-  follows the formula and has no jump.)
+  0.1 for 2000; ``continual-train`` derives it from ``--iterations``). (Upstream's code also drops
+  ``kappa`` to ``kappa_min`` at the half-way point; this follows the formula and has no jump.) The
+  runner keeps each task's best validation state over all its checks, as for HNET, so it may come
+  from the ``eps`` ramp (DESIGN.md asks for the second half only for SHIELD);
 
 Prediction (:meth:`HINT.task_weights`, hence ``logits`` and ``materialize``) uses the midpoint weights
 of the task's full-``eps`` box; :meth:`HINT.interval_logits` gives the logits' box under the whole

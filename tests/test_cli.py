@@ -136,6 +136,29 @@ def test_every_task_of_a_continual_run(continual_run, tmp_path, capsys):
     assert "mean over tasks" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("method", ["hint", "shield"])
+def test_every_task_of_a_hint_or_shield_run(method, tmp_path, capsys):
+    """certify-robustness --task all reads HINT and SHIELD runs like the others (each task's network: HINT's
+    box-centre weights, SHIELD's generated weights), with the consistency law checked on every sample."""
+    from continual.runner import RunConfig, run
+
+    opts = {"emb_dim": 8, "hnet_hidden": [16], "eps": 0.5 if method == "hint" else 0.05}
+    cfg = RunConfig(method=method, benchmark="split-digits", benchmark_options={"num_tasks": 2},
+                    target_options={"hidden": [16]}, iterations=40, eval_every=20, batch_size=32,
+                    method_options=opts)
+    run(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    out = tmp_path / "tasks.json"
+    code = main(["--model", str(tmp_path / "run"), "--task", "all", "--eps", "0.02", "--methods", "ibp,crown,pgd",
+                 "--out", str(out), *FAST])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert sorted(report["tasks"]) == ["0", "1"]
+    for rep in report["tasks"].values():
+        row = rep["summary"][0]
+        assert row["certified"]["ibp"] <= row["certified"]["crown"] <= row["robust"]["pgd"] <= row["clean"]
+        assert row["clean"] > 0.6  # a trained network per task (chance: 0.5)
+
+
 @pytest.mark.parametrize(("task", "message"), [("7", "task 7 does not exist"), ("x", "expected 'all'")])
 def test_bad_task_selection_exits_2(continual_run, capsys, task, message):
     assert main(["--model", str(continual_run), "--task", task, "--methods", "ibp", *FAST]) == 2
