@@ -255,7 +255,7 @@ def print_results(results: RunResults) -> None:
                   "embedding is upstream's fallback midpoint, no guarantee)")
         else:  # e.g. the robust matrices of benchmarks.continual_robust ("certified ibp eps=0.01", ...)
             print(f"\n{name} accuracy (%): row = after training task i, column = task j")
-        print(matrix.table())
+        print(matrix.table(metrics=name != "universal inside box"))  # a 0/1 flag: no accuracy metrics
     if results.class_incremental is not None and results.task_inference is not None:
         last = results.num_tasks - 1
         cil = [results.class_incremental[last, j] for j in range(results.num_tasks)]

@@ -301,9 +301,9 @@ class AccuracyMatrix:
     def _names(self) -> list[str]:
         return list(self.task_names) if self.task_names is not None else [f"task_{j}" for j in range(self.num_tasks)]
 
-    def table(self, digits: int = 2) -> str:
+    def table(self, digits: int = 2, *, metrics: bool = True) -> str:
         """The matrix in percent as aligned text, rows "after training task i", columns "accuracy on task j",
-        followed by the metrics defined for it (in percentage points)."""
+        followed (``metrics=True``) by the metrics defined for it (in percentage points)."""
         names = self.task_names if self.task_names is not None else [f"task {j}" for j in range(self.num_tasks)]
         width = max(8, digits + 5, *(len(n) for n in names))
         first = max(12, *(len(n) for n in names))
@@ -311,7 +311,7 @@ class AccuracyMatrix:
         for name, row in zip(names, self._values, strict=True):
             cells = ("-" if math.isnan(v) else f"{100 * v:.{digits}f}" for v in row)
             lines.append(name.ljust(first) + "".join(c.rjust(width + 1) for c in cells))
-        summary = self.summary()
+        summary = self.summary() if metrics else {}
         parts = []
         if "average_accuracy" in summary:
             parts.append(f"average accuracy {100 * summary['average_accuracy']:.{digits}f} %")

@@ -339,3 +339,10 @@ def test_plots_without_matplotlib(monkeypatch, tmp_path):
         plot_task_curves(AccuracyMatrix(GEM), tmp_path / "curves.png")
     assert one_line(err) == "plotting needs matplotlib: pip install matplotlib"
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_table_without_metrics_for_flag_matrices():
+    m = AccuracyMatrix([[1.0, None], [0.0, 1.0]])
+    assert "average accuracy" in m.table()
+    bare = m.table(metrics=False)
+    assert "average accuracy" not in bare and "BWT" not in bare and "100.00" in bare
