@@ -52,6 +52,17 @@ def apply_option(cfg: dict[str, Any], text: str) -> None:
     _apply(cfg, *_parse_option(text))
 
 
+def explicit_method_options(texts: Sequence[str]) -> set[str]:
+    """The ``method_options`` keys that ``--option`` texts set (they win over derived defaults).
+
+    Example:
+        >>> sorted(explicit_method_options(["method_options.kappa_decay=0.25", "iterations=10"]))
+        ['kappa_decay']
+    """
+    paths = [_parse_option(t)[0] for t in texts]
+    return {p[1] for p in paths if len(p) == 2 and p[0] == "method_options"}
+
+
 def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
     """``(iteration, mean validation accuracy over tasks)`` from a run's ``validation.csv``: the accuracy
     each task reached after that many of its own iterations, averaged over the tasks."""
@@ -94,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         data["eval_every"] = min(data["eval_every"], iters)
                     for path, value in options:
                         _apply(data, path, value)
-                    explicit = {path[1] for path, _ in options if len(path) == 2 and path[0] == "method_options"}
+                    explicit = explicit_method_options(args.option)
                     cfg = RunConfig.from_dict(follow_iterations(data, explicit=explicit))
                     name = f"{bench}-{method}-it{cfg.iterations}-s{seed}"
                     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ from continual.cli import default_config, follow_iterations
 from continual.methods import ContinualMethod
 from continual.runner import RunConfig, run
 
-from .continual_repro import apply_option
+from .continual_repro import apply_option, explicit_method_options
 
 
 def robust_hook(eps: float, methods: Sequence[str], n: int | None, attack_config: AttackConfig):
@@ -77,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data["eval_every"] = min(data["eval_every"], args.iterations)
     for option in args.option:
         apply_option(data, option)
-    explicit = {o.partition("=")[0].split(".")[1] for o in args.option if o.startswith("method_options.")}
-    cfg = RunConfig.from_dict(follow_iterations(data, explicit=explicit))
+    cfg = RunConfig.from_dict(follow_iterations(data, explicit=explicit_method_options(args.option)))
     hook = robust_hook(args.eps, args.methods.split(","), args.n,
                        AttackConfig(steps=args.pgd_steps, seed=args.seed))
     results = run(cfg, args.out, args.data_dir, progress=not args.no_progress,

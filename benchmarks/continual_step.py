@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from continual.cli import default_config
 from continual.hypernet import blocks_squared_distance
 from continual.methods import build_method
-from continual.runner import RunConfig, build_target
+from continual.runner import RunConfig, build_optimizer, build_target
 
 # input shape and classes per task of the benchmarks whose targets are built here (no data is read)
 SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
@@ -93,11 +93,7 @@ def measure(method_name: str, benchmark: str, task: int, repeats: int) -> dict[s
     t = task - 1
     x = torch.rand(cfg.batch_size, *shape)
     y = torch.randint(0, SHAPES[benchmark][1], (cfg.batch_size,))
-    params = list(method.trainable_parameters())
-    try:
-        opt = torch.optim.Adam(params, lr=cfg.lr, fused=True)
-    except (RuntimeError, ValueError):
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = build_optimizer(method, cfg)  # the runner's (fused) Adam
     method.train()
 
     def step() -> None:

@@ -399,15 +399,23 @@ def blocks_squared_distance(blocks: Sequence[tuple[torch.Tensor, int]], flat: to
     return total
 
 
+def _square_partials(d: torch.Tensor) -> list[torch.Tensor]:
+    """Partial sums of ``d ** 2``: one BLAS dot per 64k-element slice. A single float32 dot over tens of
+    millions of entries loses about 1e-3 relative accuracy; ``(d * d).sum()`` is accurate but costs
+    another pass and a temporary of ``d``'s size."""
+    return [torch.dot(s, s) for s in d.reshape(-1).split(1 << 16)]
+
+
+def _sum_partials(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The partial sums added in float64, returned in ``like``'s dtype."""
+    if not parts:
+        return like.new_zeros(())
+    return torch.stack(parts).sum(dtype=torch.float64).to(like.dtype)
+
+
 def _sum_of_squares(d: torch.Tensor) -> torch.Tensor:
-    """``sum(d ** 2)`` of a contiguous tensor: one BLAS dot per 64k-element slice, the partial sums added
-    in float64. A single float32 dot over tens of millions of entries loses about 1e-3 relative
-    accuracy; ``(d * d).sum()`` is accurate but costs another pass and a temporary of ``d``'s size."""
-    flat = d.reshape(-1)
-    if flat.numel() == 0:
-        return d.new_zeros(())
-    parts = torch.stack([torch.dot(s, s) for s in flat.split(1 << 16)])
-    return parts.sum(dtype=torch.float64).to(d.dtype)
+    """``sum(d ** 2)`` of a tensor, accurate to float32 rounding (see :func:`_square_partials`)."""
+    return _sum_partials(_square_partials(d), d)
 
 
 _BLOCK_COLUMNS = 1024  # output columns per block of the regulariser: a (207, 1024) float32 block is 0.8 MiB
@@ -436,14 +444,14 @@ def _blocked_squared_distance(
         k = min(n, j + _BLOCK_COLUMNS)
         diff = torch.addmm(bias[j:k], f2, weight[j:k].t())
         diff.view(*lead, k - j).sub_(target[..., j:k])
-        parts.append(_sum_of_squares(diff))
+        parts.extend(_square_partials(diff))
         if g_feats is not None:
             g_feats.addmm_(diff, weight[j:k])
         if g_weight is not None:
             torch.mm(diff.t(), f2, out=g_weight[j:k])
         if g_bias is not None:
             torch.sum(diff, 0, out=g_bias[j:k])
-    return torch.stack(parts).sum(dtype=torch.float64).to(f2.dtype), grads
+    return _sum_partials(parts, f2), grads
 
 
 class _AffineSquaredDistance(torch.autograd.Function):
@@ -478,9 +486,8 @@ def head_squared_distance(pieces: Sequence[HeadPiece], flat: torch.Tensor) -> to
     for p in pieces:
         if not isinstance(p.feats, torch.Tensor):
             raise TypeError(f"head_squared_distance needs tensor features, got {type(p.feats).__name__}")
-        n = p.weight.shape[0]
-        target = flat[:, p.offset: p.offset + (p.feats[0].numel() // p.feats.shape[-1]) * n]
-        target = target.reshape(*p.feats.shape[:-1], n)
+        shape = (*p.feats.shape[:-1], p.weight.shape[0])  # the piece's output: (t, [k,] n)
+        target = flat[:, p.offset: p.offset + math.prod(shape[1:])].reshape(shape)
         if torch.is_grad_enabled() and (p.feats.requires_grad or p.weight.requires_grad or p.bias.requires_grad):
             value = _AffineSquaredDistance.apply(p.feats, p.weight, p.bias, target.detach())
         else:  # no graph: the value alone (autograd functions see requires_grad even under no_grad)

@@ -39,7 +39,7 @@ from .methods import METHODS, ContinualMethod, build_method, method_defaults
 from .metrics import AccuracyMatrix, RunResults
 from .targets import MLP, ResNet18, ResNet20, SmallConvNet, TargetNet, ZenkeNet
 
-__all__ = ["RunConfig", "TARGETS", "build_target", "class_incremental", "evaluate_tasks", "run"]
+__all__ = ["RunConfig", "TARGETS", "build_optimizer", "build_target", "class_incremental", "evaluate_tasks", "run"]
 
 #: Target architectures by name.
 TARGETS: dict[str, type[TargetNet]] = {
@@ -186,7 +186,7 @@ def _start_task(method: ContinualMethod, cfg: RunConfig, task: int) -> None:
     method.start_task(task)
 
 
-def _optimizer(method: ContinualMethod, cfg: RunConfig) -> torch.optim.Optimizer:
+def build_optimizer(method: ContinualMethod, cfg: RunConfig) -> torch.optim.Optimizer:
     """Adam; the fused single-kernel step where this torch has one for the device.
 
     The hypernetwork head is millions of parameters: the unfused CPU step (about ten passes over
@@ -366,7 +366,7 @@ def _train_task(method: ContinualMethod, cfg: RunConfig, task_data: Task, task: 
     """Iterations ``step .. cfg.iterations`` of ``task``, checkpointing at every validation check."""
     x, y = task_data.tensors("train", device=cfg.device)
     xv, yv = task_data.tensors("val", device=cfg.device)
-    opt = _optimizer(method, cfg)
+    opt = build_optimizer(method, cfg)
     if opt_state is not None:
         _load_optimizer(opt, opt_state)
     bar = None

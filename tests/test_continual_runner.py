@@ -265,11 +265,11 @@ def test_method_defaults_include_the_base_class_keywords_and_name_an_unknown_met
 
 
 def test_the_optimizer_is_fused_where_torch_has_one_and_stays_so_after_loading_an_unfused_state():
-    from continual.runner import _load_optimizer, _optimizer
+    from continual.runner import _load_optimizer, build_optimizer
 
     method = build_method("hnet", MLP(4, hidden=(8,), num_outputs=2), emb_dim=3, hnet_hidden=(8,))
     method.start_task(0)
-    opt = _optimizer(method, _cfg())
+    opt = build_optimizer(method, _cfg())
     fused = opt.param_groups[0]["fused"]
     assert fused or not torch.__version__ >= "2.4"  # CPU fused Adam from torch 2.4 (TorchVersion compares versions)
     # a checkpoint written by the plain Adam of an earlier version: same moments, other flags
