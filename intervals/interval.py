@@ -224,9 +224,10 @@ class Interval:
             return cls._from_lu(*_rigorous_ball(t, e, lo_v, hi_v))
         lower, upper = t - e, t + e
         if lo_v is not None:
-            lower = torch.maximum(lower, lo_v) if isinstance(lo_v, torch.Tensor) else lower.clamp_min(lo_v)
+            # in place: `lower` and `upper` are fresh tensors (or eps broadcast them to x's shape)
+            lower = torch.maximum(lower, lo_v) if isinstance(lo_v, torch.Tensor) else lower.clamp_min_(lo_v)
         if hi_v is not None:
-            upper = torch.minimum(upper, hi_v) if isinstance(hi_v, torch.Tensor) else upper.clamp_max(hi_v)
+            upper = torch.minimum(upper, hi_v) if isinstance(hi_v, torch.Tensor) else upper.clamp_max_(hi_v)
         return cls._from_lu(lower, upper)
 
     # ------------------------------------------------------------------ representations

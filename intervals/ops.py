@@ -150,54 +150,72 @@ interval_linear.register_autograd(_interval_linear_backward, setup_context=_inte
 
 
 # ---------------------------------------------------------------------------- point weights, |W| fused in
-# Elements per row block of the weight-gradient temporaries and of |W| (1 MiB of float32).
+# Elements per block of the weight-gradient temporaries and of |W| (1 MiB of float32).
 _BLOCK_ELEMENTS = 1 << 18
-_MIN_BLOCK_ROWS = 64  # rows per |W| block at least, so that each block's GEMM stays efficient
+_MIN_BLOCK_ROWS = 64  # rows (or columns) per |W| block at least, so that each block's GEMM stays efficient
 
 
-def _abs_row_blocks(weight: Tensor) -> Optional[int]:
-    """Rows per block for taking ``|W|`` a row block at a time, or ``None`` to take it whole.
+def _abs_blocks(weight: Tensor) -> Optional[tuple[int, int]]:
+    """How to take ``|W|`` a block at a time: ``(0, rows)`` or ``(1, columns)``, or ``None`` for whole.
 
-    A large ``W`` (a hypernetwork head: 78,000 x 100) makes ``|W|`` a full extra write and read of
-    weight-sized memory next to a GEMM that is itself memory-bound for a small batch; block by block
-    the absolute values stay in cache.
+    A large ``W`` makes ``|W|`` a full extra write and read of weight-sized memory (and, for tens of
+    megabytes, fresh pages to fault in) next to a GEMM that is often memory-bound; block by block the
+    absolute values stay in cache. A tall ``W`` (a hypernetwork head: 78,000 x 100) is cut into row
+    blocks, each giving its own output columns; a wide one (DM-large's 512 x 32,768) into column
+    blocks, whose partial products are summed into one small output.
     Under ``torch.compile`` the whole form is traced (Inductor fuses the ``abs`` itself).
     """
     if weight.numel() <= 4 * _BLOCK_ELEMENTS or torch.compiler.is_compiling():
         return None
-    rows = max(_MIN_BLOCK_ROWS, _BLOCK_ELEMENTS // max(1, weight.shape[1]))
-    return rows if rows < weight.shape[0] else None
+    n_out, n_in = weight.shape
+    rows = _BLOCK_ELEMENTS // max(1, n_in)
+    if rows >= _MIN_BLOCK_ROWS:
+        return (0, rows) if rows < n_out else None
+    cols = max(_MIN_BLOCK_ROWS, _BLOCK_ELEMENTS // max(1, n_out))
+    return (1, cols) if cols < n_in else None
 
 
 def _radius_product(radius: Tensor, weight: Tensor, scale: float) -> Tensor:
-    """``s r |W|^T`` (the radius of a point-weight layer), ``|W|`` taken in row blocks when that pays."""
-    rows = _abs_row_blocks(weight)
-    if rows is None:
+    """``s r |W|^T`` (the radius of a point-weight layer), ``|W|`` taken in blocks when that pays."""
+    blocks = _abs_blocks(weight)
+    if blocks is None:
         return scaled_gemm(radius, weight.abs(), None, scale)
-    blocks = [scaled_gemm(radius, weight[i:i + rows].abs(), None, scale) for i in range(0, weight.shape[0], rows)]
-    return torch.cat(blocks, dim=-1)
+    dim, size = blocks
+    if dim == 0:
+        parts = [scaled_gemm(radius, weight[i:i + size].abs(), None, scale) for i in range(0, weight.shape[0], size)]
+        return torch.cat(parts, dim=-1)
+    r2 = _flat2(radius)
+    out = scaled_gemm(r2[:, :size], weight[:, :size].abs(), None, scale)
+    for j in range(size, weight.shape[1], size):
+        out.addmm_(r2[:, j:j + size], weight[:, j:j + size].abs().t(), alpha=scale)
+    return out.reshape(*radius.shape[:-1], weight.shape[0])
 
 
 def _radius_input_grad(grad_r: Tensor, weight: Tensor, scale: float) -> Tensor:
     """``s g_r |W|`` (the gradient of the radius product w.r.t. the input radius), blocked like
     :func:`_radius_product`."""
-    rows = _abs_row_blocks(weight)
-    if rows is None:
+    blocks = _abs_blocks(weight)
+    if blocks is None:
         out = grad_r @ weight.abs()
-    else:
-        g2 = _flat2(grad_r)
+        return out * scale if scale != 1.0 else out
+    dim, size = blocks
+    g2 = _flat2(grad_r)
+    if dim == 0:
         out = g2.new_zeros(g2.shape[0], weight.shape[1])
-        for i in range(0, weight.shape[0], rows):
-            out.addmm_(g2[:, i:i + rows], weight[i:i + rows].abs())
-        out = out.reshape(*grad_r.shape[:-1], weight.shape[1])
-    return out * scale if scale != 1.0 else out
+        for i in range(0, weight.shape[0], size):
+            out.addmm_(g2[:, i:i + size], weight[i:i + size].abs(), alpha=scale)
+    else:
+        out = torch.cat([g2 @ weight[:, j:j + size].abs() for j in range(0, weight.shape[1], size)], dim=1)
+        if scale != 1.0:
+            out.mul_(scale)
+    return out.reshape(*grad_r.shape[:-1], weight.shape[1])
 
 
 def interval_linear_fused_reference(
     center: Tensor, radius: Tensor, weight: Tensor, bias: Optional[Tensor], scale: float = 1.0
 ) -> tuple[Tensor, Tensor]:
     """Torch form of :func:`interval_linear_fused`: two GEMMs, ``|W|`` taken whole or, for a large
-    ``W``, a row block at a time (:func:`_abs_row_blocks`)."""
+    ``W``, a block at a time (:func:`_abs_blocks`)."""
     return scaled_gemm(center, weight, bias, scale), _radius_product(radius, weight, scale)
 
 

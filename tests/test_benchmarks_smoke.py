@@ -109,11 +109,27 @@ def test_ibp_speed_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "MLP 784-100-100-10" in printed and "targets:" in printed and "torch" in printed
     report = json.loads(out.read_text())
     assert report["meta"]["threads"] >= 1 and report["meta"]["memory_method"]
+    assert report["meta"]["allocator"] == "glibc default"
     (res,) = report["results"]
     assert set(res["median_ms"]) == set(ibp_speed.OPS)
     assert all(v > 0 for v in res["median_ms"].values())
     assert res["peak_rss"]["plain"]["delta"] >= 0 and res["peak_rss"]["ibp"]["delta"] > 0
     assert res["saved_bytes"]["ibp"] > res["saved_bytes"]["plain"] > 0
+
+
+def test_ibp_speed_tuned_malloc_is_recorded(tmp_path: Path) -> None:
+    """--tuned-malloc changes this process's allocator, so it runs in a subprocess of its own."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "speed.json"
+    cmd = [sys.executable, "-m", "benchmarks.ibp_speed", "--tuned-malloc", "--repeats", "1", "--warmup", "0",
+           "--spin-up", "0", "--models", "mlp", "--no-memory", "--threads", "1", "--json", str(out)]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "allocator: glibc, mmap and trim thresholds 1 GiB" in proc.stdout
+    assert "tuned-malloc" in json.loads(out.read_text())["meta"]["allocator"]
 
 
 def test_train_mnist_certified_smoke(tmp_path: Path) -> None:

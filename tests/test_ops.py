@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from soundness import assert_encloses, points_in
@@ -123,24 +124,35 @@ def test_fused_backward_row_blocks_give_the_same_weight_gradient(monkeypatch):
     torch.testing.assert_close(blocked, expect, rtol=0, atol=1e-12)
 
 
-def test_large_weights_take_abs_in_row_blocks_with_the_same_bounds_and_gradients(monkeypatch):
-    """Above 4 blocks' worth of weights the fused op's CPU form takes |W| a row block at a time (here
-    forced down to 2-row blocks): the same box, still sound, and the same gradients."""
+@pytest.mark.parametrize(
+    ("shape", "block_elements", "expect"),
+    [((11, 7), 14, (0, 2)),  # tall: 11 rows, blocks of 2 and a last one of 1
+     ((3, 23), 15, (1, 5))],  # wide: 23 columns, blocks of 5 and a last one of 3
+)
+def test_large_weights_take_abs_in_blocks_with_the_same_bounds_and_gradients(
+    monkeypatch, shape, block_elements, expect
+):
+    """Above 4 blocks' worth of weights the fused op's CPU form takes |W| a block at a time: row
+    blocks for a tall weight, column blocks (partial products summed) for a wide one; here forced down
+    to tiny blocks. The same box, still sound, and the same gradients, with and without autograd."""
     torch.manual_seed(3)
-    layer = torch.nn.Linear(7, 11).double()
-    box = Interval.from_center_radius(torch.randn(4, 7, dtype=D), torch.rand(4, 7, dtype=D))
+    n_out, n_in = shape
+    layer = torch.nn.Linear(n_in, n_out).double()
+    box = Interval.from_center_radius(torch.randn(4, n_in, dtype=D), torch.rand(4, n_in, dtype=D))
 
-    def run() -> tuple[Interval, tuple[torch.Tensor, ...]]:
+    def run() -> tuple[Interval, Interval, tuple[torch.Tensor, ...]]:
         c, r = box.center.clone().requires_grad_(), box.radius.clone().requires_grad_()
         out = layer(Interval.from_center_radius(c, r))
         loss = (out.upper - out.lower).square().sum() + out.center.sum()
-        return out, torch.autograd.grad(loss, [c, r, layer.weight, layer.bias])
+        with torch.no_grad():
+            certify_path = layer(box)
+        return out, certify_path, torch.autograd.grad(loss, [c, r, layer.weight, layer.bias])
 
-    assert ops._abs_row_blocks(layer.weight) is None
-    whole, g_whole = run()
-    monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", 2 * 7 // 4)
+    assert ops._abs_blocks(layer.weight) is None
+    whole, _, g_whole = run()
+    monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", block_elements)
     monkeypatch.setattr(ops, "_MIN_BLOCK_ROWS", 2)
-    assert ops._abs_row_blocks(layer.weight) == 2  # 11 rows: blocks of 2 and a last one of 1
+    assert ops._abs_blocks(layer.weight) == expect
     calls: list[str] = []
 
     def spy(name: str):  # noqa: ANN202
@@ -149,14 +161,16 @@ def test_large_weights_take_abs_in_row_blocks_with_the_same_bounds_and_gradients
 
     for name in ("_radius_product", "_radius_input_grad"):
         monkeypatch.setattr(ops, name, spy(name))
-    blocked, g_blocked = run()
-    assert sorted(set(calls)) == ["_radius_input_grad", "_radius_product"]  # the blocked forms ran
-    torch.testing.assert_close(blocked.lower, whole.lower, rtol=0, atol=1e-13)
-    torch.testing.assert_close(blocked.upper, whole.upper, rtol=0, atol=1e-13)
+    blocked, no_grad, g_blocked = run()
+    assert calls.count("_radius_product") == 2 and "_radius_input_grad" in calls  # the blocked forms ran
+    for b in (blocked, no_grad):
+        torch.testing.assert_close(b.lower, whole.lower, rtol=0, atol=1e-13)
+        torch.testing.assert_close(b.upper, whole.upper, rtol=0, atol=1e-13)
     for g, e in zip(g_blocked, g_whole, strict=True):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
     with torch.no_grad():
-        assert_encloses(blocked, layer(points_in(box, 64)), what="row-blocked linear")
+        assert_encloses(blocked, layer(points_in(box, 64)), what="blocked linear")
+        assert_encloses(no_grad, layer(points_in(box, 64)), what="blocked linear, no autograd")
 
 
 def test_training_path_linear_layer_encloses_every_point_of_the_box():

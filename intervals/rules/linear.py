@@ -177,8 +177,11 @@ def _linear(x: Any, weight: Any, bias: Any = None) -> Interval:
                 # the fused op saves only its inputs (no |W|) and builds the weight gradient without
                 # W-sized temporaries, so peak memory stays near plain's.
                 return Interval._from_cr(*ops.interval_linear_fused(c_in, r_in, weight, bias, scale))
-            # Certification on CPU (no gradients): |W| is recomputed on every call unless the caller opted
-            # into cached_abs_weights(); a version-keyed cache would go stale under `weight.data` updates.
+            # Certification on CPU (no gradients): |W| is recomputed on every call (a large one a block
+            # at a time, in cache) unless the caller opted into cached_abs_weights(); a version-keyed
+            # cache would go stale under `weight.data` updates.
+            if _ABS_CACHE is None:
+                return Interval._from_cr(*ops.interval_linear_fused_reference(c_in, r_in, weight, bias, scale))
             c, r = ops.interval_linear_reference(c_in, r_in, weight, abs_weight(weight), bias, scale)
             return Interval._from_cr(c, r)
         if is_iv(weight):
