@@ -205,7 +205,9 @@ def _radius_input_grad(grad_r: Tensor, weight: Tensor, scale: float) -> Tensor:
         for i in range(0, weight.shape[0], size):
             out.addmm_(g2[:, i:i + size], weight[i:i + size].abs(), alpha=scale)
     else:
-        out = torch.cat([g2 @ weight[:, j:j + size].abs() for j in range(0, weight.shape[1], size)], dim=1)
+        out = g2.new_empty(g2.shape[0], weight.shape[1])
+        for j in range(0, weight.shape[1], size):
+            out[:, j:j + size] = g2 @ weight[:, j:j + size].abs()
         if scale != 1.0:
             out.mul_(scale)
     return out.reshape(*grad_r.shape[:-1], weight.shape[1])
@@ -507,12 +509,15 @@ def _interval_relu_setup(ctx, inputs, output) -> None:  # noqa: ANN001
 
 def _interval_relu_backward(ctx, grad_c: Tensor, grad_r: Tensor):  # noqa: ANN001, ANN202
     new_center, new_radius = ctx.saved_tensors
-    upper_active = new_center > 0
-    lower_active = new_center > new_radius
-    # d(u)/d(c) = d(u)/d(r) = [u > 0];  d(l)/d(c) = -d(l)/d(r) = [l > 0]
-    a = (grad_c + grad_r).mul_(0.5).mul_(upper_active)
-    b = (grad_c - grad_r).mul_(0.5).mul_(lower_active)
-    return a + b, a - b
+    # d(u)/d(c) = d(u)/d(r) = [u > 0];  d(l)/d(c) = -d(l)/d(r) = [l > 0]. The masks are written as
+    # 0/1 floats straight away (comparison with out=): multiplying by a bool mask would cast it to a
+    # float tensor first, an extra full-size allocation per mask. The centre gradient reuses a
+    # mask's buffer.
+    upper_active = torch.gt(new_center, 0, out=torch.empty_like(new_center))
+    a = torch.add(grad_c, grad_r).mul_(upper_active)
+    lower_active = torch.gt(new_center, new_radius, out=torch.empty_like(new_center))
+    b = torch.sub(grad_c, grad_r).mul_(lower_active)
+    return torch.add(a, b, out=upper_active).mul_(0.5), a.sub_(b).mul_(0.5)
 
 
 interval_relu.register_autograd(_interval_relu_backward, setup_context=_interval_relu_setup)
