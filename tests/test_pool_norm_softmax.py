@@ -180,9 +180,13 @@ def test_batch_norm_module_eval_with_running_stats():
     lo = torch.randn(2, 3, 2, 2, dtype=torch.float64)
     box = Interval(lo, lo + torch.rand_like(lo))
     out = bn(box)
+    assert out.lower.requires_grad  # the autograd form (parameters require gradients)
     a, c = bn(box.lower), bn(box.upper)
     close(out.lower, torch.minimum(a, c))
     close(out.upper, torch.maximum(a, c))
+    with torch.no_grad():  # the in-place form (no autograd) computes the very same box
+        out_ng = bn(box)
+    assert torch.equal(out_ng.lower, out.lower.detach()) and torch.equal(out_ng.upper, out.upper.detach())
 
 
 @pytest.mark.parametrize("case", ["functional_no_stats", "functional_training", "module_train", "module_no_tracking"])

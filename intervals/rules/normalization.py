@@ -67,7 +67,10 @@ def _batch_norm(
     # (c - mean) * scale, as torch computes it: folding -mean * scale into a shift first would
     # cancel catastrophically when |mean| is large against the standard deviation.
     centred = x.center - mean
-    center = centred * scale if b is None else torch.addcmul(b, centred, scale)
+    if any(t is not None and t.requires_grad for t in (centred, scale, b)):
+        center = centred * scale if b is None else torch.addcmul(b, centred, scale)
+    else:  # no autograd: the product lands in `centred`'s own fresh buffer, one allocation instead of two
+        center = centred.mul_(scale) if b is None else torch.addcmul(b, centred, scale, out=centred)
     return Interval._from_cr(center, radius)
 
 
