@@ -457,6 +457,44 @@ def format_bf16_table(results: Sequence[dict[str, Any]]) -> str:
     return _variant_table(results, "ibph", "bf16", width=True)
 
 
+def layer_times(case: Case, repeats: int, warmup: int) -> list[dict[str, Any]]:
+    """Forward time of every top-level layer, plain vs IBP (no autograd), each on its own input.
+
+    The inputs are the previous layer's outputs (a box for IBP), computed once; each layer's plain
+    and IBP calls are interleaved like the main timing. The first row is building the input box.
+    """
+    model, x, _ = setup(case)
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"--layers: {case.label} is not an nn.Sequential")
+    rows = []
+    with torch.no_grad():
+        box = Interval.linf_ball(x, case.eps, lo=0.0, hi=1.0)
+        t = time_ops({"ibp": lambda: Interval.linf_ball(x, case.eps, lo=0.0, hi=1.0)}, repeats, warmup)
+        rows.append({"layer": "input box (linf_ball)", "plain_ms": 0.0, "ibp_ms": statistics.median(t["ibp"]) * 1e3})
+        for name, layer in model.named_children():
+            t = time_ops({"plain": lambda h=x, m=layer: m(h), "ibp": lambda b=box, m=layer: m(b)}, repeats, warmup)
+            rows.append({
+                "layer": f"{name}: {layer}",
+                "plain_ms": statistics.median(t["plain"]) * 1e3,
+                "ibp_ms": statistics.median(t["ibp"]) * 1e3,
+            })
+            x, box = layer(x), layer(box)
+    return rows
+
+
+def format_layer_table(label: str, rows: Sequence[dict[str, Any]]) -> str:
+    """Per-layer plain vs IBP forward times of one model, with ratios."""
+    lines = [f"{label}: per-layer forward (no autograd), median us"]
+    lines.append(f"  {'layer':<58} {'plain':>9} {'IBP':>9} {'ratio':>7}")
+    for r in rows:
+        ratio = f"{r['ibp_ms'] / r['plain_ms']:6.2f}x" if r["plain_ms"] > 0 else f"{'-':>7}"
+        lines.append(f"  {r['layer'][:58]:<58} {r['plain_ms'] * 1e3:9.1f} {r['ibp_ms'] * 1e3:9.1f} {ratio}")
+    total_p = sum(r["plain_ms"] for r in rows)
+    total_i = sum(r["ibp_ms"] for r in rows)
+    lines.append(f"  {'sum':<58} {total_p * 1e3:9.1f} {total_i * 1e3:9.1f} {total_i / total_p:6.2f}x")
+    return "\n".join(lines)
+
+
 def _profile(case: Case, rows: int = 12) -> str:
     """torch.profiler summary (self CPU time) of one IBP forward+backward."""
     from torch.profiler import ProfilerActivity, profile
@@ -483,6 +521,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--spin-up", type=float, default=1.0, help="seconds of busy work before timing (default 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
     p.add_argument("--profile", action="store_true", help="also print a torch.profiler summary of each IBP f+b")
+    p.add_argument(
+        "--layers", action="store_true",
+        help="also time every layer's forward on its own (plain vs IBP, no autograd): where the ratio comes from",
+    )
     p.add_argument(
         "--cached-weights", action="store_true",
         help="also time the IBP forward inside intervals.cached_abs_weights() (|W| computed once)",
@@ -576,6 +618,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(machine disturbed while timing; see min_ms in --json)"
     )
     print(f"memory: {meta['memory_method']}" + ("" if args.no_memory else "; '?' = peak counter could not be reset"))
+    if args.layers:
+        for key, res in zip(args.models, results, strict=True):
+            rows = layer_times(CASES[key], max(args.repeats, 20), max(args.warmup, 2))
+            res["layers"] = rows
+            print("\n" + format_layer_table(CASES[key].label, rows))
     if args.profile:
         for key in args.models:
             print(f"\nprofile of IBP f+b, {CASES[key].label}:\n{_profile(CASES[key])}")

@@ -117,6 +117,19 @@ def test_ibp_speed_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert res["saved_bytes"]["ibp"] > res["saved_bytes"]["plain"] > 0
 
 
+def test_ibp_speed_per_layer_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "speed.json"
+    rc = ibp_speed.main(["--repeats", "1", "--warmup", "0", "--spin-up", "0", "--models", "mlp", "--no-memory",
+                         "--layers", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "per-layer forward" in printed and "1: Linear(in_features=784" in printed
+    (res,) = json.loads(out.read_text())["results"]
+    layers = res["layers"]
+    assert layers[0]["layer"].startswith("input box") and len(layers) == 1 + 6  # box + the MLP's 6 modules
+    assert all(r["ibp_ms"] > 0 for r in layers) and all(r["plain_ms"] > 0 for r in layers[1:])
+
+
 def test_ibp_speed_tuned_malloc_is_recorded(tmp_path: Path) -> None:
     """--tuned-malloc changes this process's allocator, so it runs in a subprocess of its own."""
     import subprocess
