@@ -26,6 +26,11 @@ Every number of the printed table comes from one run of this script:
 
 Targets printed beside the ratios: IBP fwd <= 2.0x plain fwd; IBP f+b <= 2.5x plain f+b; peak
 memory <= 2.5x.
+
+``--layers`` adds a per-layer table (each top-level layer's forward timed alone on its own input,
+plain vs IBP): where a model's ratio comes from. ``--tuned-malloc`` times with glibc's mmap and trim
+thresholds raised (:func:`tune_malloc`), which spares both passes the page faults of freshly mapped
+buffers; ``--bf16-radius`` and ``--compiled`` add the opt-in modes' rows.
 """
 
 from __future__ import annotations
