@@ -171,6 +171,10 @@ def _abs_blocks(weight: Tensor) -> Optional[tuple[int, int]]:
     rows = _BLOCK_ELEMENTS // max(1, n_in)
     if rows >= _MIN_BLOCK_ROWS:
         return (0, rows) if rows < n_out else None
+    # Column blocks round every partial product to the weight's dtype before summing them: fine
+    # in float32/float64, but in half precision that would loosen the radius several-fold.
+    if weight.element_size() < 4:
+        return None
     cols = max(_MIN_BLOCK_ROWS, _BLOCK_ELEMENTS // max(1, n_out))
     return (1, cols) if cols < n_in else None
 
@@ -509,15 +513,20 @@ def _interval_relu_setup(ctx, inputs, output) -> None:  # noqa: ANN001
 
 def _interval_relu_backward(ctx, grad_c: Tensor, grad_r: Tensor):  # noqa: ANN001, ANN202
     new_center, new_radius = ctx.saved_tensors
-    # d(u)/d(c) = d(u)/d(r) = [u > 0];  d(l)/d(c) = -d(l)/d(r) = [l > 0]. The masks are written as
-    # 0/1 floats straight away (comparison with out=): multiplying by a bool mask would cast it to a
-    # float tensor first, an extra full-size allocation per mask. The centre gradient reuses a
-    # mask's buffer.
+    # d(u)/d(c) = d(u)/d(r) = [u > 0];  d(l)/d(c) = -d(l)/d(r) = [l > 0]. Halving before the sums
+    # keeps gradients near the dtype's maximum finite.
+    if torch.is_grad_enabled():  # double backward: out= and in-place steps cannot be recorded
+        a = (grad_c + grad_r) * 0.5 * (new_center > 0)
+        b = (grad_c - grad_r) * 0.5 * (new_center > new_radius)
+        return a + b, a - b
+    # The masks are written as 0/1 floats straight away (comparison with out=): multiplying by a
+    # bool mask would cast it to a float tensor first, an extra full-size allocation per mask. The
+    # centre gradient reuses a mask's buffer.
     upper_active = torch.gt(new_center, 0, out=torch.empty_like(new_center))
-    a = torch.add(grad_c, grad_r).mul_(upper_active)
+    a = torch.add(grad_c, grad_r).mul_(upper_active).mul_(0.5)
     lower_active = torch.gt(new_center, new_radius, out=torch.empty_like(new_center))
-    b = torch.sub(grad_c, grad_r).mul_(lower_active)
-    return torch.add(a, b, out=upper_active).mul_(0.5), a.sub_(b).mul_(0.5)
+    b = torch.sub(grad_c, grad_r).mul_(lower_active).mul_(0.5)
+    return torch.add(a, b, out=upper_active), a.sub_(b)
 
 
 interval_relu.register_autograd(_interval_relu_backward, setup_context=_interval_relu_setup)

@@ -20,8 +20,31 @@ def test_interval_relu_gradcheck_and_opcheck():
     c = (torch.randn(64, generator=g, dtype=D) * 2).requires_grad_()
     r = torch.rand(64, generator=g, dtype=D).add(0.05).requires_grad_()
     assert torch.autograd.gradcheck(interval_relu, (c, r))
+    assert torch.autograd.gradgradcheck(interval_relu, (c, r))  # double backward (gradient penalties)
     results = torch.library.opcheck(interval_relu, (c, r))
     assert all(v == "SUCCESS" for v in results.values()), results
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_interval_relu_backward_matches_the_masked_formula_near_the_dtype_maximum(dtype):
+    """The backward's in-place form (masks written by comparisons) equals the plain masked formula,
+    bit for bit, for gradients near the dtype's maximum too (halving comes before the sums)."""
+    from intervals.ops import interval_relu_reference
+
+    g = torch.Generator().manual_seed(5)
+    c, r = torch.randn(512, generator=g).to(dtype), torch.rand(512, generator=g).to(dtype)
+    big = torch.finfo(dtype).max * 0.75
+    grads = [torch.randn(512, generator=g).sign().to(dtype) * big, torch.randn(512, generator=g).to(dtype)]
+    c, r = c.requires_grad_(), r.requires_grad_()
+    nc, nr = interval_relu(c, r)
+    got = torch.autograd.grad((nc, nr), (c, r), grads)
+    with torch.no_grad():
+        nc, nr = interval_relu_reference(c, r)
+    a = (grads[0] + grads[1]) * 0.5 * (nc > 0)
+    b = (grads[0] - grads[1]) * 0.5 * (nc > nr)
+    for x, e in zip(got, (a + b, a - b), strict=True):
+        assert torch.isfinite(x).all()
+        assert torch.equal(x, e)
 
 
 def test_interval_relu_matches_endpoint_rule_and_is_sound():
@@ -124,24 +147,39 @@ def test_fused_backward_row_blocks_give_the_same_weight_gradient(monkeypatch):
     torch.testing.assert_close(blocked, expect, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("endpoints", [False, True], ids=["centre-radius", "endpoints"])
 @pytest.mark.parametrize(
     ("shape", "block_elements", "expect"),
     [((11, 7), 14, (0, 2)),  # tall: 11 rows, blocks of 2 and a last one of 1
      ((3, 23), 15, (1, 5))],  # wide: 23 columns, blocks of 5 and a last one of 3
 )
 def test_large_weights_take_abs_in_blocks_with_the_same_bounds_and_gradients(
-    monkeypatch, shape, block_elements, expect
+    monkeypatch, shape, block_elements, expect, endpoints
 ):
     """Above 4 blocks' worth of weights the fused op's CPU form takes |W| a block at a time: row
     blocks for a tall weight, column blocks (partial products summed) for a wide one; here forced down
-    to tiny blocks. The same box, still sound, and the same gradients, with and without autograd."""
+    to tiny blocks. The same box, still sound, and the same gradients, with and without autograd.
+    An endpoint-form box reaches the layer as (l + u, u - l) with the factor 1/2 folded into the
+    products, so the blocked forms' scale handling is checked too, against a dense float64 form."""
     torch.manual_seed(3)
     n_out, n_in = shape
     layer = torch.nn.Linear(n_in, n_out).double()
     box = Interval.from_center_radius(torch.randn(4, n_in, dtype=D), torch.rand(4, n_in, dtype=D))
+    if endpoints:
+        box = Interval(box.lower, box.upper)
+    w, bias = layer.weight.detach(), layer.bias.detach()
+    dense_c = box.center @ w.t() + bias
+    dense_r = box.radius @ w.abs().t()
 
     def run() -> tuple[Interval, Interval, tuple[torch.Tensor, ...]]:
         c, r = box.center.clone().requires_grad_(), box.radius.clone().requires_grad_()
+        if endpoints:
+            lo, hi = box.lower.clone().requires_grad_(), box.upper.clone().requires_grad_()
+            out = layer(Interval(lo, hi))
+            loss = (out.upper - out.lower).square().sum() + out.center.sum()
+            with torch.no_grad():
+                certify_path = layer(box)
+            return out, certify_path, torch.autograd.grad(loss, [lo, hi, layer.weight, layer.bias])
         out = layer(Interval.from_center_radius(c, r))
         loss = (out.upper - out.lower).square().sum() + out.center.sum()
         with torch.no_grad():
@@ -166,11 +204,24 @@ def test_large_weights_take_abs_in_blocks_with_the_same_bounds_and_gradients(
     for b in (blocked, no_grad):
         torch.testing.assert_close(b.lower, whole.lower, rtol=0, atol=1e-13)
         torch.testing.assert_close(b.upper, whole.upper, rtol=0, atol=1e-13)
+        torch.testing.assert_close(b.center, dense_c, rtol=0, atol=1e-13)
+        torch.testing.assert_close(b.radius, dense_r, rtol=0, atol=1e-13)
     for g, e in zip(g_blocked, g_whole, strict=True):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
     with torch.no_grad():
         assert_encloses(blocked, layer(points_in(box, 64)), what="blocked linear")
         assert_encloses(no_grad, layer(points_in(box, 64)), what="blocked linear, no autograd")
+
+
+def test_half_precision_wide_weights_are_not_cut_into_column_blocks(monkeypatch):
+    """Column blocks would round each partial product to the half dtype before summing: not taken."""
+    monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", 15)
+    monkeypatch.setattr(ops, "_MIN_BLOCK_ROWS", 2)
+    w = torch.randn(3, 23)
+    assert ops._abs_blocks(w) == (1, 5)
+    assert ops._abs_blocks(w.double()) == (1, 5)
+    assert ops._abs_blocks(w.bfloat16()) is None and ops._abs_blocks(w.half()) is None
+    assert ops._abs_blocks(torch.randn(11, 7).bfloat16()) == (0, 2)  # row blocks: one GEMM per output column
 
 
 def test_training_path_linear_layer_encloses_every_point_of_the_box():

@@ -184,9 +184,23 @@ def test_batch_norm_module_eval_with_running_stats():
     a, c = bn(box.lower), bn(box.upper)
     close(out.lower, torch.minimum(a, c))
     close(out.upper, torch.maximum(a, c))
-    with torch.no_grad():  # the in-place form (no autograd) computes the very same box
+    calls = []
+    real_addcmul = torch.addcmul
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append("out" in kwargs)
+        return real_addcmul(*args, **kwargs)
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:  # the in-place form: the very same box
+        mp.setattr(torch, "addcmul", spy)
         out_ng = bn(box)
+        box32 = Interval(box.lower.float(), box.upper.float())
+        stats = (bn.running_mean.float(), bn.running_var.float(), bn.weight.float())
+        out_mixed = F.batch_norm(box32, *stats, bn.bias)  # a float64 bias
+    assert calls[0] is True  # no autograd: the centre went into its own buffer (out=)
     assert torch.equal(out_ng.lower, out.lower.detach()) and torch.equal(out_ng.upper, out.upper.detach())
+    # A float64 bias on a float32 box promotes the centre to float64, as torch's own ops do: not in place.
+    assert calls[1] is False and out_mixed.center.dtype == torch.float64
 
 
 @pytest.mark.parametrize("case", ["functional_no_stats", "functional_training", "module_train", "module_no_tracking"])

@@ -32,6 +32,13 @@ def _channel_view(t: torch.Tensor | None, nd: int) -> torch.Tensor | None:
     return t.reshape((1, -1) + (1,) * (nd - 2))
 
 
+def _promoted_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 @implements(F.batch_norm)
 def _batch_norm(
     x: Interval,
@@ -67,9 +74,11 @@ def _batch_norm(
     # (c - mean) * scale, as torch computes it: folding -mean * scale into a shift first would
     # cancel catastrophically when |mean| is large against the standard deviation.
     centred = x.center - mean
-    if any(t is not None and t.requires_grad for t in (centred, scale, b)):
+    operands = (centred, scale) if b is None else (centred, scale, b)
+    recorded = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
+    if recorded or _promoted_dtype(operands) != centred.dtype:
         center = centred * scale if b is None else torch.addcmul(b, centred, scale)
-    else:  # no autograd: the product lands in `centred`'s own fresh buffer, one allocation instead of two
+    else:  # the product lands in `centred`'s own fresh buffer: one allocation instead of two
         center = centred.mul_(scale) if b is None else torch.addcmul(b, centred, scale, out=centred)
     return Interval._from_cr(center, radius)
 
