@@ -5,3 +5,20 @@
 * :mod:`benchmarks.digits_demo`: train a small MLP on scikit-learn's 8x8 digits and certify its
   test set against L-infinity perturbations.
 """
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from certify.model_io import check_output_file
+
+
+def parse_args_checked(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, refusing an unusable ``--json`` path before a long run, not after it."""
+    args = parser.parse_args(argv)
+    try:
+        check_output_file(getattr(args, "json", None), "--json")
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args

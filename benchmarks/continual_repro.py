@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import parse_args_checked
 from continual.cli import default_config, follow_iterations
 from continual.runner import RunConfig, run
 
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="write the table as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
+    args = parse_args_checked(p, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     options = [_parse_option(o) for o in args.option]

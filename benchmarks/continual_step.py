@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks import parse_args_checked
 from continual.cli import default_config
 from continual.hypernet import blocks_squared_distance
 from continual.methods import build_method
@@ -148,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args_checked(_parser(), argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if any(t < 1 for t in args.tasks) or args.repeats < 1:

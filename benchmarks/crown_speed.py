@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks import parse_args_checked
 from certify.crown import crown_bounds
 from certify.models import build_model
 from intervals import Interval
@@ -256,7 +257,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ibp-train-steps", type=int, default=0, help="IBP-train each model first (MNIST models)")
     p.add_argument("--weights", type=Path, default=None, help="state dict to load (one model only)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = p.parse_args(argv)
+    args = parse_args_checked(p, argv)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     unknown = [k for k in keys if k not in CASES]
     if unknown or not keys:

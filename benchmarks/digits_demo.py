@@ -39,6 +39,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from benchmarks import parse_args_checked
 from certify.bounds import margin_bounds, other_classes, spec_matrix
 from intervals import Interval, rigorous
 
@@ -190,7 +191,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rigorous", action="store_true", help="bound inside intervals.rigorous() (outward rounding)")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
+    args = parse_args_checked(p, argv)
     try:
         args.eps_list = _parse_eps(args.eps)
     except (ValueError, argparse.ArgumentTypeError) as exc:

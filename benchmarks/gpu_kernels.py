@@ -54,6 +54,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks import parse_args_checked
 from benchmarks.ibp_speed import CASES, NOISY, _fmt_ms, _mark, make_ops, setup
 from intervals import ops
 
@@ -303,7 +304,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write every number as JSON here")
     # Dry runs of the script's own code without a GPU (the fused ops then run their torch reference).
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_args_checked(p, argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
     return args

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks import parse_args_checked
 from certify.models import build_model
 from intervals import Interval, bf16_radius, cached_abs_weights
 from intervals.compile import compile_bounds
@@ -550,7 +551,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "subprocesses keep their own setting)",
     )
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_args_checked(p, argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
     return args

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import parse_args_checked
 from certify.attacks import AttackConfig
 from certify.data import load_dataset
 from certify.evaluation import evaluate
@@ -73,7 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--save-model", type=Path, default=None, help="save the trained model (weights + arch) here")
     p.add_argument("--json", type=Path, default=None, help="write results (training log, report summary) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    return parse_args_checked(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from .bounds import METHODS
 from .continual_runs import is_run_dir, load_run
 from .data import DATASETS, Dataset, load_dataset
 from .evaluation import SoundnessViolation, evaluate, split_methods
-from .model_io import load_model, save_model
+from .model_io import check_output_file, load_model, save_model
 from .models import MODELS, build_model
 from .training import TrainConfig, train_certified
 
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu", help="torch device (default cpu)")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     g.add_argument("--out", type=Path, help="write the report (settings, summary, per-sample records) as JSON")
-    g.add_argument("--csv", type=Path, help="write per-sample records as CSV")
+    g.add_argument("--csv", type=Path, help="write per-sample records as CSV (a continual run: one file per task, "
+                   "NAME_taskK.csv)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -139,6 +140,17 @@ def _demo_model(data_name: str, train: Dataset, seed: int, progress: bool, eps: 
     return model
 
 
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse unusable --out/--csv paths before the evaluation, not after it (nothing is lost)."""
+    check_output_file(args.out, "--out", "report.json")
+    check_output_file(args.csv, "--csv", "records.csv")
+
+
+def _task_csv(path: Path, task: int) -> Path:
+    """The per-task CSV of a continual run: ``records.csv`` -> ``records_task3.csv``."""
+    return path.with_name(f"{path.stem}_task{task}{path.suffix or '.csv'}")
+
+
 def run(args: argparse.Namespace) -> int:
     """The command's body; raises on bad input (turned into exit code 2 by :func:`main`)."""
     if args.threads is not None:
@@ -151,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
                     ("--pgd-restarts", args.pgd_restarts)):
         if v is not None and v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+    _check_output_paths(args)
     if args.model is not None and is_run_dir(args.model):
         return _run_continual(args, eps_list, bound_methods, attacks)
     if args.task is not None:
@@ -223,6 +236,8 @@ def _run_continual(args: argparse.Namespace, eps_list: list[float], bound_method
             return 1
         reports[tm.task] = report
         print(report.table(), flush=True)
+        if args.csv:
+            print(f"per-sample records of task {tm.task} written to {report.to_csv(_task_csv(args.csv, tm.task))}")
     print("\nmean over tasks (%):")
     for e in eps_list:
         rows = [next(r for r in rep.summary() if r["eps"] == e) for rep in reports.values()]

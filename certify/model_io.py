@@ -78,6 +78,26 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def check_output_file(path: str | Path | None, what: str, example: str = "results.json") -> None:
+    """Raise ``ValueError`` now if ``path`` cannot become a file (it is a directory, or lies under a
+    file), so that a long run does not find out only when it writes its results.
+
+    Example:
+        >>> import tempfile
+        >>> check_output_file(tempfile.mkdtemp(), "--json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: --json ... is a directory; give a file path, e.g. .../results.json
+    """
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file path, e.g. {path / example}")
+    parent = next((q for q in path.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is a file, not a directory")
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -117,6 +117,18 @@ def test_ibp_speed_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert res["saved_bytes"]["ibp"] > res["saved_bytes"]["plain"] > 0
 
 
+@pytest.mark.parametrize(
+    "module", ["ibp_speed", "crown_speed", "continual_step", "digits_demo", "train_mnist_certified"]
+)
+def test_benchmarks_refuse_a_directory_as_json_before_running(module: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    mod = importlib.import_module(f"benchmarks.{module}")
+    with pytest.raises(SystemExit) as info:
+        mod.main(["--json", str(tmp_path)])
+    assert info.value.code == 2
+    assert f"--json {tmp_path} is a directory; give a file path" in capsys.readouterr().err
+
+
 def test_ibp_speed_per_layer_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "speed.json"
     rc = ibp_speed.main(["--repeats", "1", "--warmup", "0", "--spin-up", "0", "--models", "mlp", "--no-memory",

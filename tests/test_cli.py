@@ -126,10 +126,13 @@ def continual_run(tmp_path_factory):
 def test_every_task_of_a_continual_run(continual_run, tmp_path, capsys):
     out = tmp_path / "tasks.json"
     code = main(["--model", str(continual_run), "--task", "all", "--eps", "0.02", "--methods", "ibp,crown,pgd",
-                 "--out", str(out), *FAST])
+                 "--out", str(out), "--csv", str(tmp_path / "records.csv"), *FAST])
     assert code == 0
     report = json.loads(out.read_text())
     assert sorted(report["tasks"]) == ["0", "1", "2", "3", "4"]
+    for t in range(5):  # one per-sample CSV per task
+        rows = (tmp_path / f"records_task{t}.csv").read_text().splitlines()
+        assert rows[0].startswith("eps,index,label") and len(rows) > 1
     for rep in report["tasks"].values():
         row = rep["summary"][0]
         assert row["certified"]["ibp"] <= row["certified"]["crown"] <= row["robust"]["pgd"] <= row["clean"]
@@ -163,6 +166,18 @@ def test_every_task_of_a_hint_or_shield_run(method, tmp_path, capsys):
 def test_bad_task_selection_exits_2(continual_run, capsys, task, message):
     assert main(["--model", str(continual_run), "--task", task, "--methods", "ibp", *FAST]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--out", "--csv"])
+def test_unusable_output_paths_exit_2_before_any_work(continual_run, tmp_path, capsys, flag):
+    """A directory (or a path under a file) given as --out/--csv is refused up front, not after a long
+    evaluation whose results would then be lost."""
+    assert main(["--model", str(continual_run), "--task", "all", "--methods", "ibp", flag, str(tmp_path), *FAST]) == 2
+    err = capsys.readouterr()
+    assert f"{flag} {tmp_path} is a directory; give a file path" in err.err and "task 0" not in err.out
+    (tmp_path / "afile").write_text("x")
+    assert main(["--methods", "ibp", flag, str(tmp_path / "afile" / "r.json"), *FAST]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
 
 
 def test_task_without_a_run_dir_exits_2(capsys):
