@@ -511,17 +511,46 @@ def _interval_relu_setup(ctx, inputs, output) -> None:  # noqa: ANN001
     ctx.save_for_backward(*output)
 
 
+def _relu_input_grads(
+    new_center: Tensor, new_radius: Tensor, grad_c: Tensor, grad_r: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Gradients w.r.t. the input (centre, radius) of the box ReLU, from its output box, out of place.
+
+    ``d(u)/d(c) = d(u)/d(r) = [u > 0]`` and ``d(l)/d(c) = -d(l)/d(r) = [l > 0]``, where ``u > 0`` iff
+    ``centre' > 0`` and ``l > 0`` iff ``centre' > radius'``. Halving before the sums keeps gradients near
+    the dtype's maximum finite.
+    """
+    a = (grad_c + grad_r) * 0.5 * (new_center > 0)
+    b = (grad_c - grad_r) * 0.5 * (new_center > new_radius)
+    return a + b, a - b
+
+
+class _TracedIntervalRelu(torch.autograd.Function):
+    """The box ReLU for ``torch.compile``: the reference forward with the op's own backward formula.
+
+    Dynamo traces both into the graph, so Inductor fuses them; autograd of the reference's ``clamp``
+    and ``maximum`` instead yields mask-heavy kernels (tie handling, both clamp bounds) that made
+    compiled forward+backward slower than eager.
+    """
+
+    @staticmethod
+    def forward(ctx, center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        new_center, new_radius = interval_relu_reference(center, radius)
+        ctx.save_for_backward(new_center, new_radius)
+        return new_center, new_radius
+
+    @staticmethod
+    def backward(ctx, grad_c: Tensor, grad_r: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        return _relu_input_grads(*ctx.saved_tensors, grad_c, grad_r)
+
+
 def _interval_relu_backward(ctx, grad_c: Tensor, grad_r: Tensor):  # noqa: ANN001, ANN202
     new_center, new_radius = ctx.saved_tensors
-    # d(u)/d(c) = d(u)/d(r) = [u > 0];  d(l)/d(c) = -d(l)/d(r) = [l > 0]. Halving before the sums
-    # keeps gradients near the dtype's maximum finite.
     if torch.is_grad_enabled():  # double backward: out= and in-place steps cannot be recorded
-        a = (grad_c + grad_r) * 0.5 * (new_center > 0)
-        b = (grad_c - grad_r) * 0.5 * (new_center > new_radius)
-        return a + b, a - b
-    # The masks are written as 0/1 floats straight away (comparison with out=): multiplying by a
-    # bool mask would cast it to a float tensor first, an extra full-size allocation per mask. The
-    # centre gradient reuses a mask's buffer.
+        return _relu_input_grads(new_center, new_radius, grad_c, grad_r)
+    # The same formula in place. The masks are written as 0/1 floats straight away (comparison
+    # with out=): multiplying by a bool mask would cast it to a float tensor first, an extra
+    # full-size allocation per mask. The centre gradient reuses a mask's buffer.
     upper_active = torch.gt(new_center, 0, out=torch.empty_like(new_center))
     a = torch.add(grad_c, grad_r).mul_(upper_active).mul_(0.5)
     lower_active = torch.gt(new_center, new_radius, out=torch.empty_like(new_center))
@@ -553,6 +582,9 @@ def fast_interval_relu(center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`interval_relu`, skipping the op's dispatch where it buys nothing (see ``_custom_op_pays``)."""
     if _custom_op_pays(center, radius):
         return interval_relu(center, radius)
+    recorded = torch.is_grad_enabled() and (center.requires_grad or radius.requires_grad)
+    if torch.compiler.is_compiling() and recorded:
+        return _TracedIntervalRelu.apply(center, radius)
     return interval_relu_reference(center, radius)
 
 

@@ -84,7 +84,22 @@ def test_compile_bounds_matches_eager_and_backpropagates():
     torch.testing.assert_close(compiled.lower, eager.lower, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled.upper, eager.upper, rtol=1e-5, atol=1e-6)
     (compiled.upper - compiled.lower).sum().backward()
-    assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0
+    grads = [p.grad.clone() for p in net.parameters()]
+    assert grads[0].abs().sum() > 0
+    net.zero_grad()
+    (eager.upper - eager.lower).sum().backward()
+    # Compiled, the box ReLU's backward is the op's own formula traced into the graph
+    # (ops._TracedIntervalRelu): the same gradients as eager's registered op.
+    for g, p in zip(grads, net.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_traced_relu_function_gradients():
+    g = torch.Generator().manual_seed(0)
+    c = (torch.randn(64, generator=g, dtype=D) * 2).requires_grad_()
+    r = torch.rand(64, generator=g, dtype=D).add(0.05).requires_grad_()
+    assert torch.autograd.gradcheck(ops._TracedIntervalRelu.apply, (c, r))
+    assert torch.autograd.gradgradcheck(ops._TracedIntervalRelu.apply, (c, r))
 
 
 def test_the_registered_ops_are_skipped_only_where_they_buy_nothing(monkeypatch):
