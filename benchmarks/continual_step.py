@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -177,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("reg: the regulariser's forward+backward as trained (blocked); materialised: the same through the "
           "full head output (baseline, same rounds); ratio = reg / materialised")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)
     return 0

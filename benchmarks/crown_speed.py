@@ -301,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     return 0
 

@@ -29,7 +29,7 @@ from .bounds import METHODS
 from .continual_runs import is_run_dir, load_run
 from .data import DATASETS, Dataset, load_dataset
 from .evaluation import SoundnessViolation, evaluate, split_methods
-from .model_io import check_output_file, load_model, save_model
+from .model_io import check_distinct_outputs, check_output_file, load_model, save_model
 from .models import MODELS, build_model
 from .training import TrainConfig, train_certified
 
@@ -140,10 +140,22 @@ def _demo_model(data_name: str, train: Dataset, seed: int, progress: bool, eps: 
     return model
 
 
-def _check_output_paths(args: argparse.Namespace) -> None:
-    """Refuse unusable --out/--csv paths before the evaluation, not after it (nothing is lost)."""
+def _check_output_paths(args: argparse.Namespace, tasks: Sequence[int] = ()) -> None:
+    """Refuse unusable output paths before the evaluation, not after it (nothing is lost).
+
+    ``tasks``: a continual run's tasks, whose per-task CSVs (:func:`_task_csv`) are the files written.
+    """
     check_output_file(args.out, "--out", "report.json")
-    check_output_file(args.csv, "--csv", "records.csv")
+    check_output_file(args.csv, "--csv", "records.csv")  # a continual run's per-task names derive from it
+    check_output_file(getattr(args, "save_model", None), "--save-model", "model.pt")
+    outputs = {"--out": args.out, "--save-model": getattr(args, "save_model", None)}
+    if args.csv is not None and tasks:
+        for t in tasks:
+            check_output_file(_task_csv(args.csv, t), f"--csv (task {t})", "records.csv")
+            outputs[f"--csv (task {t})"] = _task_csv(args.csv, t)
+    else:
+        outputs["--csv"] = args.csv
+    check_distinct_outputs(outputs)
 
 
 def _task_csv(path: Path, task: int) -> Path:
@@ -163,9 +175,9 @@ def run(args: argparse.Namespace) -> int:
                     ("--pgd-restarts", args.pgd_restarts)):
         if v is not None and v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
-    _check_output_paths(args)
     if args.model is not None and is_run_dir(args.model):
         return _run_continual(args, eps_list, bound_methods, attacks)
+    _check_output_paths(args)
     if args.task is not None:
         raise ValueError("--task needs --model RUN_DIR (a continual-train run directory)")
     data = load_dataset(args.dataset, args.data_dir, split=args.split, download=args.download)
@@ -222,6 +234,7 @@ def _run_continual(args: argparse.Namespace, eps_list: list[float], bound_method
                    attacks: list[str]) -> int:
     """Every requested task of a continual run: its own network and test set, one report each."""
     tasks = load_run(args.model, args.task, args.data_dir)
+    _check_output_paths(args, [tm.task for tm in tasks])
     cfg = AttackConfig(steps=args.pgd_steps, restarts=args.pgd_restarts, seed=args.seed, batch_size=args.batch_size)
     reports = {}
     for tm in tasks:

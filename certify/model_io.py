@@ -79,8 +79,12 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
 
 
 def check_output_file(path: str | Path | None, what: str, example: str = "results.json") -> None:
-    """Raise ``ValueError`` now if ``path`` cannot become a file (it is a directory, or lies under a
-    file), so that a long run does not find out only when it writes its results.
+    """Raise ``ValueError`` now if ``path`` cannot become a file, so that a long run does not find out
+    only when it writes its results.
+
+    Refused: a directory, a path under a file or under a dangling link, a folder that cannot be
+    written, and a name the system rejects (too long, ...). Missing parent folders are fine: the
+    writers create them.
 
     Example:
         >>> import tempfile
@@ -91,11 +95,42 @@ def check_output_file(path: str | Path | None, what: str, example: str = "result
     if path is None:
         return
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a directory; give a file path, e.g. {path / example}")
-    parent = next((q for q in path.parents if q.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"{what} {path}: {parent} is a file, not a directory")
+    try:
+        if str(path) in ("", "."):
+            raise ValueError(f"{what}: empty path")
+        if path.is_dir():
+            raise ValueError(f"{what} {path} is a directory; give a file path, e.g. {path / example}")
+        for q in path.parents:
+            if q.is_symlink() and not q.exists():
+                raise ValueError(f"{what} {path}: {q} is a dangling link")
+            if q.exists():
+                if not q.is_dir():
+                    raise ValueError(f"{what} {path}: {q} is a file, not a directory")
+                if not os.access(q, os.W_OK | os.X_OK):
+                    raise ValueError(f"{what} {path}: {q} is not writable")
+                break
+        if path.exists() and not os.access(path, os.W_OK):
+            raise ValueError(f"{what} {path}: the file is not writable")
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: {exc.strerror or exc}") from None
+
+
+def check_distinct_outputs(paths: dict[str, str | Path | None]) -> None:
+    """Raise ``ValueError`` if two output flags name the same file (one would overwrite the other).
+
+    Example:
+        >>> check_distinct_outputs({"--out": "r.json", "--csv": "r.json"})
+        Traceback (most recent call last):
+        ValueError: --out and --csv name the same file, r.json
+    """
+    seen: dict[Path, str] = {}
+    for flag, p in paths.items():
+        if p is None:
+            continue
+        key = Path(os.path.abspath(Path(p).expanduser()))
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {flag} name the same file, {p}")
+        seen[key] = flag
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

@@ -29,9 +29,14 @@ __all__ = ["compile_bounds"]
 def compile_bounds(model: Callable[[Any], Any], **compile_kwargs: Any) -> Callable[[Interval], Interval]:
     """Return ``box -> model(box)`` compiled with ``torch.compile`` (defaults: ``dynamic=True``).
 
-    The compiled function takes and returns :class:`Interval` objects and supports autograd.
-    Rigorous mode is a Python-level switch read while tracing, so call the compiled function
-    consistently inside or outside :func:`intervals.rigorous` (a change triggers a recompile).
+    The compiled function takes and returns :class:`Interval` objects and supports autograd; the box
+    ReLU's backward is the registered op's own formula, traced into the graph (an
+    ``autograd.Function``), so Inductor fuses it too. Rigorous mode is a Python-level switch read
+    while tracing, so call the compiled function consistently inside or outside
+    :func:`intervals.rigorous` (a change triggers a recompile).
+
+    Not supported: ``torch.func.vmap`` over a gradient through the box ReLU (per-sample gradients),
+    compiled or eager: the ReLU's autograd.Function and its registered op have no vmap rule.
     """
     compile_kwargs.setdefault("dynamic", True)
 

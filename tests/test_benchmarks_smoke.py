@@ -129,6 +129,19 @@ def test_benchmarks_refuse_a_directory_as_json_before_running(module: str, tmp_p
     assert f"--json {tmp_path} is a directory; give a file path" in capsys.readouterr().err
 
 
+def test_train_mnist_certified_checks_model_and_checkpoint_paths_first(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import train_mnist_certified
+
+    for flag in ("--save-model", "--checkpoint"):
+        with pytest.raises(SystemExit) as info:
+            train_mnist_certified.main([flag, str(tmp_path)])
+        assert info.value.code == 2 and f"{flag} {tmp_path} is a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_mnist_certified.main(["--json", str(tmp_path / "a"), "--save-model", str(tmp_path / "a")])
+    assert "--json and --save-model name the same file" in capsys.readouterr().err
+
+
 def test_ibp_speed_per_layer_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "speed.json"
     rc = ibp_speed.main(["--repeats", "1", "--warmup", "0", "--spin-up", "0", "--models", "mlp", "--no-memory",

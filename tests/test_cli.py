@@ -178,6 +178,21 @@ def test_unusable_output_paths_exit_2_before_any_work(continual_run, tmp_path, c
     (tmp_path / "afile").write_text("x")
     assert main(["--methods", "ibp", flag, str(tmp_path / "afile" / "r.json"), *FAST]) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
+    assert main(["--methods", "ibp", flag, str(tmp_path / ("x" * 300 + ".json")), *FAST]) == 2  # OS refuses the name
+    assert "File name too long" in capsys.readouterr().err
+
+
+def test_output_paths_of_a_continual_run_are_checked_per_task_and_must_differ(continual_run, tmp_path, capsys):
+    (tmp_path / "rec_task2.csv").mkdir()  # the file task 2's records would go to
+    args = ["--model", str(continual_run), "--task", "all", "--methods", "ibp", *FAST]
+    assert main([*args, "--csv", str(tmp_path / "rec.csv")]) == 2
+    err = capsys.readouterr()
+    assert "--csv (task 2)" in err.err and "is a directory" in err.err and "task 0" not in err.out
+    same = str(tmp_path / "r_task0.csv")
+    assert main([*args, "--csv", str(tmp_path / "r.csv"), "--out", same]) == 2
+    assert "name the same file" in capsys.readouterr().err
+    assert main(["--methods", "ibp", "--out", str(tmp_path / "r"), "--csv", str(tmp_path / "r"), *FAST]) == 2
+    assert "--out and --csv name the same file" in capsys.readouterr().err
 
 
 def test_task_without_a_run_dir_exits_2(capsys):

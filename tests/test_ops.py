@@ -94,6 +94,31 @@ def test_compile_bounds_matches_eager_and_backpropagates():
         torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_training_uses_the_traced_relu_backward(monkeypatch):
+    """Under torch.compile (compile_bounds' default dynamic=True) gradients flow through
+    ops._TracedIntervalRelu's backward: a deliberately doubled backward doubles them."""
+    from intervals.compile import compile_bounds
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+    box = Interval.linf_ball(torch.rand(3, 6), 0.3)
+
+    def first_weight_grad(bounds) -> torch.Tensor:  # noqa: ANN001
+        net.zero_grad()
+        bounds(box).upper.sum().backward()
+        return net[0].weight.grad.clone()
+
+    eager = first_weight_grad(net)
+    torch.testing.assert_close(first_weight_grad(compile_bounds(net)), eager)
+    real = ops._relu_input_grads
+    monkeypatch.setattr(ops, "_relu_input_grads", lambda *a: tuple(2 * g for g in real(*a)))
+    torch._dynamo.reset()
+    try:
+        torch.testing.assert_close(first_weight_grad(compile_bounds(net)), 2 * eager)
+    finally:
+        torch._dynamo.reset()
+
+
 def test_traced_relu_function_gradients():
     g = torch.Generator().manual_seed(0)
     c = (torch.randn(64, generator=g, dtype=D) * 2).requires_grad_()
