@@ -94,10 +94,10 @@ def check_output_file(path: str | Path | None, what: str, example: str = "result
     """
     if path is None:
         return
+    if str(path) == "":
+        raise ValueError(f"{what}: empty path")
     path = Path(path)
     try:
-        if str(path) in ("", "."):
-            raise ValueError(f"{what}: empty path")
         if path.is_dir():
             raise ValueError(f"{what} {path} is a directory; give a file path, e.g. {path / example}")
         for q in path.parents:
