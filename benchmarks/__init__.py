@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from certify.model_io import check_distinct_outputs, check_output_file
+from certify.model_io import check_outputs
 
 #: Output-file flags a benchmark may have (attribute, flag, example name), checked before any work.
 _OUTPUT_FLAGS = (("json", "--json", "results.json"), ("save_model", "--save-model", "model.pt"),
@@ -23,9 +23,7 @@ def parse_args_checked(parser: argparse.ArgumentParser, argv: Sequence[str] | No
     ``--checkpoint``) before a long run, not after it."""
     args = parser.parse_args(argv)
     try:
-        for attr, flag, example in _OUTPUT_FLAGS:
-            check_output_file(getattr(args, attr, None), flag, example)
-        check_distinct_outputs({flag: getattr(args, attr, None) for attr, flag, _ in _OUTPUT_FLAGS})
+        check_outputs({flag: (getattr(args, attr, None), example) for attr, flag, example in _OUTPUT_FLAGS})
     except ValueError as exc:
         parser.error(str(exc))
     return args

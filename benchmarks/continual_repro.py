@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     options = [_parse_option(o) for o in args.option]
+    explicit = explicit_method_options(args.option)
     rows = []
     for bench in args.benchmarks.split(","):
         for method in args.methods.split(","):
@@ -106,7 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         data["eval_every"] = min(data["eval_every"], iters)
                     for path, value in options:
                         _apply(data, path, value)
-                    explicit = explicit_method_options(args.option)
                     cfg = RunConfig.from_dict(follow_iterations(data, explicit=explicit))
                     name = f"{bench}-{method}-it{cfg.iterations}-s{seed}"
                     t0 = time.perf_counter()

@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="task numbers T (1-based) at which to time a step (default: 1 5 10)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per measurement (median; default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--json", default=None, help="also write the rows as JSON here")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     return p
 
 
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("reg: the regulariser's forward+backward as trained (blocked); materialised: the same through the "
           "full head output (baseline, same rounds); ratio = reg / materialised")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)
     return 0

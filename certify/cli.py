@@ -29,7 +29,7 @@ from .bounds import METHODS
 from .continual_runs import is_run_dir, load_run
 from .data import DATASETS, Dataset, load_dataset
 from .evaluation import SoundnessViolation, evaluate, split_methods
-from .model_io import check_distinct_outputs, check_output_file, load_model, save_model
+from .model_io import check_output_file, check_outputs, load_model, save_model
 from .models import MODELS, build_model
 from .training import TrainConfig, train_certified
 
@@ -145,17 +145,13 @@ def _check_output_paths(args: argparse.Namespace, tasks: Sequence[int] = ()) -> 
 
     ``tasks``: a continual run's tasks, whose per-task CSVs (:func:`_task_csv`) are the files written.
     """
-    check_output_file(args.out, "--out", "report.json")
     check_output_file(args.csv, "--csv", "records.csv")  # a continual run's per-task names derive from it
-    check_output_file(getattr(args, "save_model", None), "--save-model", "model.pt")
-    outputs = {"--out": args.out, "--save-model": getattr(args, "save_model", None)}
+    outputs = {"--out": (args.out, "report.json"), "--save-model": (getattr(args, "save_model", None), "model.pt")}
     if args.csv is not None and tasks:
-        for t in tasks:
-            check_output_file(_task_csv(args.csv, t), f"--csv (task {t})", "records.csv")
-            outputs[f"--csv (task {t})"] = _task_csv(args.csv, t)
+        outputs.update({f"--csv (task {t})": (_task_csv(args.csv, t), "records.csv") for t in tasks})
     else:
-        outputs["--csv"] = args.csv
-    check_distinct_outputs(outputs)
+        outputs["--csv"] = (args.csv, "records.csv")
+    check_outputs(outputs)
 
 
 def _task_csv(path: Path, task: int) -> Path:

@@ -24,7 +24,7 @@ import importlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,18 +115,20 @@ def check_output_file(path: str | Path | None, what: str, example: str = "result
         raise ValueError(f"{what} {path}: {exc.strerror or exc}") from None
 
 
-def check_distinct_outputs(paths: dict[str, str | Path | None]) -> None:
-    """Raise ``ValueError`` if two output flags name the same file (one would overwrite the other).
+def check_outputs(outputs: Mapping[str, tuple[str | Path | None, str]]) -> None:
+    """:func:`check_output_file` on every ``flag -> (path, example name)``; also refuse two flags that
+    name the same file (one would overwrite the other). ``None`` paths are skipped.
 
     Example:
-        >>> check_distinct_outputs({"--out": "r.json", "--csv": "r.json"})
+        >>> check_outputs({"--out": ("r.json", "report.json"), "--csv": ("r.json", "records.csv")})
         Traceback (most recent call last):
         ValueError: --out and --csv name the same file, r.json
     """
     seen: dict[Path, str] = {}
-    for flag, p in paths.items():
+    for flag, (p, example) in outputs.items():
         if p is None:
             continue
+        check_output_file(p, flag, example)
         key = Path(os.path.abspath(Path(p).expanduser()))
         if key in seen:
             raise ValueError(f"{seen[key]} and {flag} name the same file, {p}")

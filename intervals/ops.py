@@ -562,6 +562,14 @@ interval_relu.register_autograd(_interval_relu_backward, setup_context=_interval
 
 
 # ---------------------------------------------------------------------------- dispatch
+def records_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd records an op on these tensors (grad mode on and one of them requires grad).
+
+    ``requires_grad`` alone is not enough: a view of a Parameter reports it even under ``no_grad``.
+    """
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _custom_op_pays(*tensors: Optional[Tensor]) -> bool:
     """Whether to go through the registered op rather than call the reference directly.
 
@@ -575,15 +583,14 @@ def _custom_op_pays(*tensors: Optional[Tensor]) -> bool:
         return False
     if any(t is not None and t.device.type != "cpu" for t in tensors):
         return True
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return records_grad(*tensors)
 
 
 def fast_interval_relu(center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`interval_relu`, skipping the op's dispatch where it buys nothing (see ``_custom_op_pays``)."""
     if _custom_op_pays(center, radius):
         return interval_relu(center, radius)
-    recorded = torch.is_grad_enabled() and (center.requires_grad or radius.requires_grad)
-    if torch.compiler.is_compiling() and recorded:
+    if torch.compiler.is_compiling() and records_grad(center, radius):
         return _TracedIntervalRelu.apply(center, radius)
     return interval_relu_reference(center, radius)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -108,3 +109,32 @@ def test_metadata_must_be_json(tmp_path):
     with pytest.raises(TypeError):
         save_model(_model(), tmp_path / "m.pt", arch="mlp", metadata={"t": torch.zeros(1)})
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_output_paths_that_cannot_become_files_are_refused_with_their_reason(tmp_path, monkeypatch):
+    from certify.model_io import check_output_file, check_outputs
+
+    check_output_file(tmp_path / "new" / "deeper" / "r.json", "--json")  # missing folders: the writer makes them
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    cases = [
+        ("", "--json: empty path"),
+        (".", "--json . is a directory; give a file path, e.g. results.json"),
+        (tmp_path, f"--json {tmp_path} is a directory"),
+        (tmp_path / "f" / "r.json", f"{tmp_path / 'f'} is a file, not a directory"),
+        (tmp_path / "gone" / "r.json", f"{tmp_path / 'gone'} is a dangling link"),
+        (tmp_path / ("x" * 300), "File name too long"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_output_file(path, "--json")
+    # as a non-root user: a read-only folder, then a read-only file in a writable folder
+    monkeypatch.setattr(os, "access", lambda *a: False)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path} is not writable")):
+        check_output_file(tmp_path / "r.json", "--json")
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) != str(tmp_path / "f"))
+    with pytest.raises(ValueError, match="the file is not writable"):
+        check_output_file(tmp_path / "f", "--json")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="--a and --b name the same file"):
+        check_outputs({"--a": (tmp_path / "x.json", "a.json"), "--c": (None, "c"), "--b": (tmp_path / "x.json", "b")})

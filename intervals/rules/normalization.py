@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import rounding
+from .. import ops, rounding
 from ..errors import UnsupportedOperation
 from ..registry import implements
 from ._common import Interval, is_iv
@@ -30,13 +30,6 @@ def _channel_view(t: torch.Tensor | None, nd: int) -> torch.Tensor | None:
     if t is None:
         return None
     return t.reshape((1, -1) + (1,) * (nd - 2))
-
-
-def _promoted_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
 
 
 @implements(F.batch_norm)
@@ -75,8 +68,7 @@ def _batch_norm(
     # cancel catastrophically when |mean| is large against the standard deviation.
     centred = x.center - mean
     operands = (centred, scale) if b is None else (centred, scale, b)
-    recorded = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
-    if recorded or _promoted_dtype(operands) != centred.dtype:
+    if ops.records_grad(*operands) or any(t.dtype != centred.dtype for t in operands):
         center = centred * scale if b is None else torch.addcmul(b, centred, scale)
     else:  # the product lands in `centred`'s own fresh buffer: one allocation instead of two
         center = centred.mul_(scale) if b is None else torch.addcmul(b, centred, scale, out=centred)
