@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["UnsupportedOperation", "IntervalError", "first_bad", "check_no_nan", "check_order"]
+__all__ = ["UnsupportedOperation", "UnsupportedMethod", "IntervalError", "first_bad", "check_no_nan", "check_order"]
 
 
 class IntervalError(ValueError):
@@ -28,6 +28,13 @@ class UnsupportedOperation(TypeError):
         if detail:
             msg += f": {detail}"
         super().__init__(msg)
+
+
+class UnsupportedMethod(UnsupportedOperation, AttributeError):
+    """A ``torch.Tensor`` method called on an Interval that has no rule for it.
+
+    Also an ``AttributeError``, so ``hasattr(box, "sort")`` stays False for duck-typing code.
+    """
 
 
 def first_bad(mask: torch.Tensor) -> tuple[int, tuple[int, ...]] | None:

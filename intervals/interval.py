@@ -20,7 +20,14 @@ from typing import Any
 import torch
 
 from . import rounding
-from .errors import IntervalError, UnsupportedOperation, check_no_nan, check_nonnegative, check_order
+from .errors import (
+    IntervalError,
+    UnsupportedMethod,
+    UnsupportedOperation,
+    check_no_nan,
+    check_nonnegative,
+    check_order,
+)
 from .registry import RULES, func_name
 
 __all__ = ["Interval"]
@@ -246,9 +253,10 @@ class Interval:
         if not self._rig and rounding.is_rigorous():
             self._rigorous_view()
         if self._l is None:
-            # c - r is NaN only as inf - inf (an overflowed centre with an infinite radius):
-            # the bound is then -inf, never NaN.
-            low = torch.nan_to_num(self._c - self._r, nan=-_INF, posinf=_INF, neginf=-_INF)
+            # c - r is NaN only as inf - inf (an overflowed centre with an infinite radius), and +inf
+            # only for an overflowed centre c = +inf, whose true lower end may well be finite: the
+            # bound is then -inf, never NaN or +inf.
+            low = torch.nan_to_num(self._c - self._r, nan=-_INF, posinf=-_INF, neginf=-_INF)
             self._l = rounding.down(low) if self._rig else low
         return self._l
 
@@ -258,7 +266,7 @@ class Interval:
         if not self._rig and rounding.is_rigorous():
             self._rigorous_view()
         if self._u is None:
-            high = torch.nan_to_num(self._c + self._r, nan=_INF, posinf=_INF, neginf=-_INF)
+            high = torch.nan_to_num(self._c + self._r, nan=_INF, posinf=_INF, neginf=_INF)
             self._u = rounding.up(high) if self._rig else high
         return self._u
 
@@ -425,6 +433,13 @@ class Interval:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for a missing attribute: a Tensor method without a rule names itself,
+        # rather than a bare AttributeError ('Interval' object has no attribute 'sort').
+        if not name.startswith("_") and hasattr(torch.Tensor, name):
+            raise UnsupportedMethod(f"Tensor.{name}")
+        raise AttributeError(f"'Interval' object has no attribute {name!r}")
+
     # ------------------------------------------------------------------ torch protocol
     @classmethod
     def __torch_function__(
@@ -508,6 +523,20 @@ for _name, _fn in (
     setattr(Interval, _name, _reflected(_fn))
 
 Interval.__pos__ = lambda self: self  # type: ignore[attr-defined]
+
+
+def bind_tensor_methods() -> None:
+    """Give Interval every ``Tensor.<name>`` method that has a registered rule and no method yet
+    (``box.cumsum(1)``, ``box.erf()``); called once the rules are registered."""
+    for func in list(RULES):
+        name = getattr(func, "__name__", "")
+        if (
+            name
+            and not name.startswith("_")
+            and getattr(torch.Tensor, name, None) is func
+            and name not in Interval.__dict__
+        ):
+            setattr(Interval, name, _call(func))
 
 
 def _rpow(self: Interval, base: Any) -> Interval:

@@ -142,3 +142,112 @@ def test_masked_logits_give_finite_gradients_and_sound_values(fn):
         assert out.contains(fn(lo.detach() + t + mask, -1)).all()
     if fn is F.log_softmax:
         assert torch.isneginf(out.upper[0, 1]) and torch.isneginf(out.lower[0, 3])
+
+
+# ---------------------------------------------------------------------------- second audit
+@pytest.mark.parametrize("rig", [False, True])
+def test_negative_zero_lower_end_is_not_an_inverted_box(rig):
+    # rsqrt(-0.0) = -inf: a box [-0.0, 1] used to come out as [1, -inf]
+    box = Interval(torch.tensor([-0.0]), torch.tensor([1.0]))
+    with intervals.rigorous() if rig else torch.no_grad():
+        for out in (torch.rsqrt(box), box**-0.5, box**-1.5):
+            assert out.lower.item() <= 1.0 and out.upper.item() == math.inf
+
+
+@pytest.mark.parametrize("rig", [False, True])
+def test_softmax_over_a_huge_logit_range(rig):
+    # every coordinate at -1e15 but one box reaching 0: exactly -log(n) at that corner; the rule
+    # used to return -3.0 (rigorous) and -2.8 (default) for -4.6
+    n = 100
+    lo = torch.full((n,), -1e15, dtype=torch.float64)
+    hi = lo.clone()
+    hi[0] = 0
+    with intervals.rigorous() if rig else torch.no_grad():
+        out = torch.log_softmax(Interval(lo, hi), 0)
+        sm = torch.softmax(Interval(lo, hi), 0)
+    assert out.lower[0] <= -math.log(n) <= out.upper[0]
+    assert sm.lower[0] <= 1 / n <= sm.upper[0]
+
+
+def test_softmax_float32_spread_keeps_the_log2():
+    # -1e8 + log(2) is -1e8 in float32: the lower bound of coordinate 0 used to be 0, not -log 2
+    box = Interval(torch.tensor([-1e8, -1e8]), torch.tensor([0.0, -1e8]))
+    out = torch.log_softmax(box, 0)
+    assert out.lower[0] <= -math.log(2) and out.lower[0] > -0.7
+
+
+def test_overflowed_centre_gives_an_unbounded_side_not_inf_inf():
+    box = Interval.from_center_radius(torch.tensor([2e38]), torch.tensor([1e38])) + torch.tensor([2e38])
+    assert box.lower.item() == -math.inf and box.upper.item() == math.inf  # 3e38 (finite) is inside
+
+
+def test_avg_pool_negative_divisor_is_refused():
+    box = Interval(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+    with pytest.raises(UnsupportedOperation, match="divisor_override=-1"):
+        F.avg_pool2d(box, 2, divisor_override=-1)
+    with pytest.raises(UnsupportedOperation, match="divisor_override"):
+        torch.nn.AvgPool2d(2, divisor_override=-2)(box)
+
+
+@pytest.mark.parametrize("rig", [False, True])
+def test_half_layer_norm_with_a_wide_spread(rig):
+    # d^2 overflowed float16 (600^2 > 65504): every output collapsed to [0, 0]
+    x = torch.tensor([[0.0, 600.0]]).half()
+    with intervals.rigorous() if rig else torch.no_grad():
+        out = F.layer_norm(Interval(x, x), (2,))
+    ref = F.layer_norm(x.float(), (2,))
+    assert torch.all(out.lower.float() <= ref + 1e-3) and torch.all(out.upper.float() >= ref - 1e-3)
+    assert out.upper[0, 1] > 0.9
+
+
+def test_gelu_default_mode_matches_the_true_value_on_long_rows():
+    # torch's vectorised float32 GELU cancels in 1 + erf: 6,700 ulps off at -3.47, 17% at -5
+    x = torch.full((64,), -3.4728682)
+    exact = float(mpmath.mpf(float(x[0])) / 2 * mpmath.erfc(-mpmath.mpf(float(x[0])) / mpmath.sqrt(2)))
+    out = F.gelu(Interval(x, x))
+    ulp = torch.finfo(torch.float32).eps * abs(exact)  # default mode: rounded to nearest
+    assert torch.all(out.lower.double() <= exact + ulp) and torch.all(out.upper.double() >= exact - ulp)
+
+
+def test_softsign_and_softplus_at_extremes():
+    out = F.softsign(Interval(torch.tensor([-1.0]), torch.tensor([math.inf])))
+    assert out.upper.item() == 1.0 and out.lower.item() == -0.5
+    # a large threshold keeps the log form up to 1000: log1p(exp(100)) overflowed to inf
+    sp = F.softplus(Interval(torch.tensor([100.0]), torch.tensor([101.0])), 1.0, 1000.0)
+    assert 99.9 < sp.lower.item() <= 100.0 and 101.0 <= sp.upper.item() < 101.1
+
+
+def test_conv_with_subnormal_weights_on_a_huge_input():
+    # halving a subnormal weight rounds (3 * 2^-149 / 2 -> 2^-148): times 1e30 that was 33% off
+    conv = torch.nn.Conv1d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(3 * 2.0**-149)
+    x = torch.full((1, 1, 1), 1e30)
+    out = conv(Interval(x, x))
+    exact = Fraction(3) * Fraction(2) ** -149 * Fraction(1e30)
+    assert _contains_exact(out, exact) or abs(float(exact) - out.lower.item()) <= 1e-6 * float(exact)
+
+
+def test_nan_tensor_operands_are_refused():
+    box = Interval(torch.tensor([0.5, -2.0, 0.0]), torch.tensor([1.0, 3.0, 0.0]))
+    nan = torch.full((3,), math.nan)
+    for op in (torch.mul, torch.add, torch.div, torch.maximum, torch.fmin):
+        with pytest.raises(intervals.IntervalError, match="NaN"):
+            op(box, nan)
+    with pytest.raises(intervals.IntervalError, match="NaN"):
+        torch.clamp(box, nan, None)
+    # inf times a box touching 0: 0 * inf counts as 0, never NaN
+    out = Interval(torch.zeros(1), torch.ones(1)) * math.inf
+    assert out.lower.item() == 0.0 and out.upper.item() == math.inf
+
+
+def test_every_registered_tensor_method_is_a_box_method_and_others_name_themselves():
+    box = Interval(torch.zeros(2, 3), torch.ones(2, 3))
+    assert torch.equal(box.cumsum(1).upper, torch.ones(2, 3).cumsum(1))
+    assert torch.equal(box.erf().upper, torch.ones(2, 3).erf())
+    assert box.mm(torch.ones(3, 2)).upper.shape == (2, 2)
+    with pytest.raises(UnsupportedOperation, match="Tensor.sort"):
+        box.sort()
+    assert not hasattr(box, "sort")  # still an AttributeError for duck-typing code
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        box.no_such_thing  # noqa: B018

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import rounding
-from ..errors import IntervalError, UnsupportedOperation
+from ..errors import IntervalError, UnsupportedOperation, check_no_nan
 from ..registry import implements
 from ._common import Interval, endpoints, is_iv
 
@@ -72,9 +72,13 @@ def _like(a: Any, b: Any) -> torch.Tensor:
 
 
 def _reject_nan_number(op: str, *operands: Any) -> None:
+    """A NaN number or tensor operand has no sound image: refuse it (a box never holds NaN, and the
+    products below read NaN as 0 * inf, i.e. 0)."""
     for v in operands:
         if isinstance(v, float) and v != v:
             raise IntervalError(f"{op}: operand is NaN")
+        if isinstance(v, torch.Tensor):
+            check_no_nan(v, f"{op}: tensor operand")
 
 
 def add(a: Any, b: Any, *, alpha: float = 1) -> Interval:
@@ -133,7 +137,8 @@ def mul(a: Any, b: Any) -> Interval:
                 return Interval._from_lu(torch.zeros_like(a.lower), torch.zeros_like(a.lower))
             if a._l is None and not rounding.is_rigorous():
                 return Interval._from_cr(a._c * b, a._r * abs(b))
-            lo, hi = a.lower * b, a.upper * b
+            # 0 * inf is NaN in IEEE arithmetic and 0 for a box (the convention used throughout)
+            lo, hi = _nan_to_zero_(a.lower * b), _nan_to_zero_(a.upper * b)
             return _outward(lo, hi) if b > 0 else _outward(hi, lo)
         p, q = a.lower * b, a.upper * b
         return _outward(_nan_to_zero_(torch.fmin(p, q)), _nan_to_zero_(torch.fmax(p, q)))
@@ -307,7 +312,11 @@ def _logsumexp(x: Interval, dim: Any, keepdim: bool = False) -> Interval:
 def _monotone_binary(fn: Any):
     """Rule for an elementwise ``fn(a, b)`` non-decreasing in both arguments (max, min)."""
 
+    name = f"torch.{fn.__name__}"
+
     def rule(a: Any, b: Any) -> Interval:
+        # NaN refused, so fmax/fmin (which skip NaN) and maximum/minimum agree on every box
+        _reject_nan_number(name, a, b)
         if rounding.is_rigorous():
             like = _like(a, b)
             a, b = exact_operand(a, like), exact_operand(b, like)
@@ -326,6 +335,7 @@ def clamp(x: Any, min: Any = None, max: Any = None) -> Interval:
     """``clamp`` is non-decreasing in ``x``, ``min`` and ``max``, so endpoints map to endpoints."""
     if min is None and max is None:
         raise UnsupportedOperation("torch.clamp", "at least one of min and max must be given")
+    _reject_nan_number("torch.clamp", min, max)
     if rounding.is_rigorous():  # a bound the dtype cannot hold is rounded down/up for lower/upper
         like = x.lower if is_iv(x) else _like(min, max) if is_iv(min) or is_iv(max) else x
         min = None if min is None else exact_operand(min, like)

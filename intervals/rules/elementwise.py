@@ -146,7 +146,12 @@ def _relu(x: Interval, inplace: bool = False) -> Interval:
         return Interval._from_cr(*ops.fast_interval_relu(x._c, x._r))
     return Interval._from_lu(torch.relu(x.lower), torch.relu(x.upper))
 _register_increasing(F.logsigmoid, F.logsigmoid)
-_register_increasing(F.softsign, F.softsign)
+def _softsign(t: torch.Tensor) -> torch.Tensor:
+    # torch evaluates softsign(+-inf) as inf / inf = NaN; the limits are +-1
+    return torch.where(torch.isinf(t), t.sign(), F.softsign(t))
+
+
+_register_increasing(_softsign, F.softsign)
 
 
 @implements(torch.log, _T.log)
@@ -170,7 +175,17 @@ def _sqrt(x: Interval) -> Interval:
 @implements(torch.rsqrt, _T.rsqrt)
 def _rsqrt(x: Interval) -> Interval:
     require_domain(x.lower < 0, "torch.rsqrt", "interval lower bound < 0 (rsqrt is undefined there)")
-    return decreasing(torch.rsqrt, x)
+    return decreasing(torch.rsqrt, _unsigned_zeros(x))
+
+
+def _unsigned_zeros(x: Interval) -> Interval:
+    """The same box with ``-0.0`` endpoints made ``+0.0``.
+
+    Where a function's value at -0.0 differs from its value at +0.0 (``rsqrt(-0.0) = -inf``,
+    ``pow(-0.0, -0.5) = -inf``), an endpoint of -0.0 would give an inverted box; -0.0 arises from
+    ordinary arithmetic (``-Interval(0, 0)``, ``relu``).
+    """
+    return Interval._from_lu(x.lower + 0.0, x.upper + 0.0)
 
 
 @implements(torch.abs, torch.absolute, _T.abs, _T.absolute, _T.__abs__)
@@ -204,7 +219,7 @@ def _pow_scalar(x: Interval, p: float) -> Interval:
             return Interval._from_lu(ends.lower, torch.where(has_zero, _INF, ends.upper))
         return Interval._from_lu(torch.where(has_zero, -_INF, ends.lower), torch.where(has_zero, _INF, ends.upper))
     require_domain(x.lower < 0, "torch.pow", f"non-integer exponent {p} with interval lower bound < 0")
-    return increasing(fn, x) if p > 0 else decreasing(fn, x)
+    return increasing(fn, x) if p > 0 else decreasing(fn, _unsigned_zeros(x))
 
 
 @implements(torch.pow, _T.pow, _T.__pow__)
@@ -281,7 +296,12 @@ def _softplus(x: Interval, beta: float = 1.0, threshold: float = 20.0) -> Interv
         lower = torch.where(hi64 < k_lo, g_lo, torch.minimum(g_lo, lo64.clamp_min(k_lo)))
         upper = torch.where(lo64 > k_hi, hi64, torch.maximum(_softplus_log_bounds(hi64.clamp_max(k_hi), beta)[1], hi64))
         return Interval._from_lu(*rounding.cast_outward(lower, upper, lo.dtype))
-    g = lambda t: F.softplus(t, beta, _INF)  # noqa: E731
+    def g(t: torch.Tensor) -> torch.Tensor:
+        # the stable log form: log1p(exp(beta t)) overflows for beta t > 88 (float32) when a large
+        # threshold keeps the log form in use there
+        bt = t * beta
+        return (bt.clamp_min(0) + torch.log1p(torch.exp(-bt.abs()))) / beta
+
     g_lo = g(lo)
     lower = torch.where(hi < k_lo, g_lo, torch.minimum(g_lo, lo.clamp_min(k_lo)))
     upper = torch.where(lo > k_hi, hi, torch.maximum(g(hi.clamp_max(k_hi)), hi))
@@ -382,8 +402,18 @@ def unimodal(
     return Interval._from_lu(torch.where(straddles, min_value, torch.minimum(f_lo, f_hi)), torch.maximum(f_lo, f_hi))
 
 
+# Default-mode GELU values, in float64 and without cancellation. torch's kernels compute 1 + erf
+# (or 1 + tanh), which cancels for x < -2: its float32 vector kernel is off by thousands of ulps
+# there (17% at x = -5), its float64 one by about 1e-7 relative at x = -6.4.
+def _gelu_t(t: torch.Tensor) -> torch.Tensor:
+    t64 = t.to(_F64)
+    return (0.5 * t64 * torch.special.erfc(t64 * -math.sqrt(0.5))).to(t.dtype)
+
+
 def _gelu_tanh_t(t: torch.Tensor) -> torch.Tensor:
-    return F.gelu(t, approximate="tanh")
+    t64 = t.to(_F64)  # 0.5 x (1 + tanh(v)) = x sigmoid(2 v)
+    v = math.sqrt(2.0 / math.pi) * (t64 + 0.044715 * t64 * t64 * t64)
+    return (t64 * torch.sigmoid(2.0 * v)).to(t.dtype)
 
 
 @implements(F.gelu)
@@ -392,7 +422,7 @@ def _gelu(x: Interval, approximate: str = "none") -> Interval:
         return unimodal(_gelu_tanh_t, x, *GELU_TANH_MIN, bounds=_gelu_tanh_bounds)
     if approximate != "none":
         raise UnsupportedOperation("torch.nn.functional.gelu", f"approximate={approximate!r}")
-    return unimodal(F.gelu, x, *GELU_MIN, bounds=_gelu_bounds)
+    return unimodal(_gelu_t, x, *GELU_MIN, bounds=_gelu_bounds)
 
 
 @implements(F.silu)

@@ -220,13 +220,16 @@ def _conv_rule(conv: Callable[..., torch.Tensor], nd: int):
         terms = math.prod(weight.shape[1:])
         if not is_iv(weight) and not is_iv(bias) and not rounding.is_rigorous() and is_iv(x):
             c_in, r_in, scale = _sum_diff(x)
-            # conv weights are small next to activations: the factor `scale` goes on them instead
-            w = weight if scale == 1.0 else weight * scale
+            if scale != 1.0:
+                # The factor 1/2 goes on the fresh sum and difference (a layer's input is smaller than
+                # its output), not on the weights: halving a subnormal weight rounds, and a product
+                # with a huge input would carry that error far past an ulp of the result.
+                c_in, r_in = c_in.mul_(scale), r_in.mul_(scale)
             if precision.bf16_radius_applies(c_in, r_in, weight):
-                radius = precision.radius_product_bf16(op, r_in, abs_weight(weight), terms, scale)
+                radius = precision.radius_product_bf16(op, r_in, abs_weight(weight), terms, 1.0)
             else:
-                radius = op(r_in, abs_weight(weight) if scale == 1.0 else abs_weight(weight) * scale)
-            return Interval._from_cr(conv(c_in, w, bias, stride, padding, dilation, groups), radius)
+                radius = op(r_in, abs_weight(weight))
+            return Interval._from_cr(conv(c_in, weight, bias, stride, padding, dilation, groups), radius)
         return bilinear(op, x, weight, bias, terms=terms, add_bias=_channel_bias(nd))
 
     return rule

@@ -79,6 +79,12 @@ def _batch_norm(
 def _layer_norm(
     x: Interval, normalized_shape: Sequence[int], weight: Any = None, bias: Any = None, eps: float = 1e-5
 ) -> Interval:
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # Like torch's own kernel, take the statistics in float32: squared deviations overflow
+        # float16 at a spread of about 256 (and every output would collapse to 0). The box is cast
+        # back outward in rigorous mode (Interval.to), to nearest otherwise.
+        up = lambda t: t.float() if isinstance(t, (torch.Tensor, Interval)) else t  # noqa: E731
+        return _layer_norm(x.float(), normalized_shape, up(weight), up(bias), eps).to(x.dtype)
     dims = tuple(range(-len(normalized_shape), 0))
     n = math.prod(normalized_shape)
     if rounding.is_rigorous():

@@ -25,8 +25,20 @@ def _window_size(kernel_size: Any, nd: int) -> int:
     return math.prod(kernel_size)
 
 
+def _divisor_override(args: tuple, kwargs: dict) -> Any:
+    # avg_pool2d/3d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return kwargs.get("divisor_override", args[5] if len(args) > 5 else None)
+
+
 def _avg_rule(pool: Callable[..., torch.Tensor], nd: int, adaptive: bool):
+    name = f"torch.nn.functional.{pool.__name__}"
+
     def rule(x: Interval, *args: Any, **kwargs: Any) -> Interval:
+        if not adaptive and nd > 1:
+            div = _divisor_override(args, kwargs)
+            # The rules below rely on non-negative pooling weights; a negative divisor flips them.
+            if div is not None and div <= 0:
+                raise UnsupportedOperation(name, f"divisor_override={div}: only a positive divisor is supported")
         fn = lambda t: pool(t, *args, **kwargs)  # noqa: E731
         if rounding.is_rigorous():
             if adaptive:  # largest adaptive window: ceil(in / out) + 1 per dimension
