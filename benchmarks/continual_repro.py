@@ -19,26 +19,58 @@ from typing import Any
 
 import torch
 
-from benchmarks import parse_args_checked
-from continual.cli import default_config, follow_iterations
-from continual.runner import RunConfig, run
+from benchmarks import parse_args_checked, user_errors
+from certify.cli_checks import check_device, positive_int
+from continual.cli import DEFAULTS, default_config, follow_iterations
+from continual.methods import METHODS
+from continual.runner import RunConfig, _build, run
+
+#: Keys ``--option`` may not set: they choose which defaults apply (use the script's own flags).
+_CHOSEN_BY_FLAGS = ("method", "benchmark")
 
 
 def _parse_option(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
-    if not sep:
+    if not sep or not key.strip():
         raise ValueError(f"--option needs key=value, got {text!r}")
+    path = key.strip().split(".")
+    if path[0] in _CHOSEN_BY_FLAGS:
+        raise ValueError(f"--option {text}: {path[0]} selects the defaults; use --{path[0]}s or --{path[0]} instead")
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError:
         parsed = value
-    return key.split("."), parsed
+    return path, parsed
+
+
+def _kind(value: Any) -> str | None:
+    """The kind of a config value an override must keep (``None``: anything goes)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, dict)):
+        return "a JSON list" if isinstance(value, list) else "a table of key=value options"
+    return None
+
+
+def _same_kind(old: Any, new: Any) -> bool:
+    kind = _kind(old)
+    return kind is None or kind == _kind(new) or (kind == "a number" and new is None)
 
 
 def _apply(cfg: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``cfg[path[0]][path[1]]... = value``, refusing a value of another kind than the current one
+    (``beta=abc`` where beta is a number), so a typo is named here, not in a comparison deep in a method."""
     node = cfg
-    for k in path[:-1]:
+    for i, k in enumerate(path[:-1]):
         node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--option {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a table of options")
+    key = ".".join(path)
+    if path[-1] in node and not _same_kind(node[path[-1]], value):
+        raise ValueError(f"--option {key}={json.dumps(value) if not isinstance(value, str) else value}: expected "
+                         f"{_kind(node[path[-1]])} (like the default {json.dumps(node[path[-1]])})")
     node[path[-1]] = value
 
 
@@ -64,6 +96,57 @@ def explicit_method_options(texts: Sequence[str]) -> set[str]:
     return {p[1] for p in paths if len(p) == 2 and p[0] == "method_options"}
 
 
+def comma_list(text: str | None, what: str, allowed: Sequence[str] | None = None) -> list[str]:
+    """The non-empty items of a comma list, each one of ``allowed`` when given; ``ValueError`` naming ``what``."""
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"{what}: empty list")
+    bad = [t for t in items if allowed is not None and t not in allowed]
+    if bad:
+        raise ValueError(f"{what}: unknown {bad[0]!r}; available: {', '.join(allowed or ())}")
+    return items
+
+
+def int_list(text: str | None, what: str, minimum: int | None = None) -> list[int]:
+    """A comma list of integers (each >= ``minimum`` when given); ``ValueError`` naming ``what``."""
+    out = []
+    for item in comma_list(text, what):
+        try:
+            value = int(item)
+        except ValueError:
+            raise ValueError(f"{what}: not an integer: {item!r}") from None
+        if minimum is not None and value < minimum:
+            raise ValueError(f"{what}: must be >= {minimum}, got {value}")
+        out.append(value)
+    return out
+
+
+def run_config(method: str, benchmark: str, seed: int, iterations: int | None, options: Sequence[str]) -> RunConfig:
+    """The run's config: the papers' defaults for ``method`` on ``benchmark``, then ``--iterations``, then
+    the ``--option`` overrides (a derived schedule such as HINT's kappa_decay follows unless set)."""
+    data = default_config(method, benchmark)
+    data["seed"] = seed
+    if iterations is not None:
+        data["iterations"] = iterations
+        data["eval_every"] = min(data["eval_every"], iterations)
+    for option in options:
+        apply_option(data, option)
+    return RunConfig.from_dict(follow_iterations(data, explicit=explicit_method_options(options)))
+
+
+def check_runs(configs: Sequence[RunConfig], data_dir: Path | None) -> None:
+    """Build every distinct benchmark and method once (then drop them): missing data, a bad benchmark or
+    method option or an unavailable device is found before the first run trains, not between runs."""
+    seen = set()
+    for cfg in configs:
+        key = json.dumps([cfg.benchmark, cfg.benchmark_options, cfg.method, cfg.method_options, cfg.target,
+                          cfg.target_options, cfg.device], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            check_device(cfg.device)
+            _build(cfg, data_dir)
+
+
 def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
     """``(iteration, mean validation accuracy over tasks)`` from a run's ``validation.csv``: the accuracy
     each task reached after that many of its own iterations, averaged over the tasks."""
@@ -86,45 +169,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--option", action="append", default=[], help="RunConfig override key=value (dotted keys)")
     p.add_argument("--data-dir", type=Path, default=None, help="data folder (default $HYPERCERT_DATA or ./data)")
     p.add_argument("--out", type=Path, default=Path("runs/repro"), help="folder of the run directories")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="write the table as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parse_args_checked(p, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = [_parse_option(o) for o in args.option]
-    explicit = explicit_method_options(args.option)
+    with user_errors(p):  # every run's config, data and options checked before the first one trains
+        plan = [run_config(method, bench, seed, iters, args.option)
+                for bench in comma_list(args.benchmarks, "--benchmarks", sorted(DEFAULTS))
+                for method in comma_list(args.methods, "--methods", sorted(METHODS))
+                for iters in ([None] if args.iterations is None else int_list(args.iterations, "--iterations", 1))
+                for seed in int_list(args.seeds, "--seeds")]
+        check_runs(plan, args.data_dir)
     rows = []
-    for bench in args.benchmarks.split(","):
-        for method in args.methods.split(","):
-            counts = [None] if args.iterations is None else [int(i) for i in args.iterations.split(",")]
-            for iters in counts:
-                for seed in (int(s) for s in args.seeds.split(",")):
-                    data = default_config(method, bench)
-                    data["seed"] = seed
-                    if iters is not None:
-                        data["iterations"] = iters
-                        data["eval_every"] = min(data["eval_every"], iters)
-                    for path, value in options:
-                        _apply(data, path, value)
-                    cfg = RunConfig.from_dict(follow_iterations(data, explicit=explicit))
-                    name = f"{bench}-{method}-it{cfg.iterations}-s{seed}"
-                    t0 = time.perf_counter()
-                    res = run(cfg, args.out / name, args.data_dir, progress=not args.no_progress,
-                              log=lambda s: print("  " + s, flush=True))
-                    m = res.task_incremental
-                    rows.append({"benchmark": bench, "method": method, "iterations": cfg.iterations, "seed": seed,
-                                 "tasks": m.num_tasks, "average_accuracy": m.average_accuracy(), "bwt": m.bwt(),
-                                 "train_seconds": sum(res.train_seconds),
-                                 "wall_seconds": time.perf_counter() - t0, "run_dir": str(args.out / name),
-                                 "validation_curve": validation_curve(args.out / name)})
-                    if "universal" in res.matrices:
-                        u = res.matrices["universal"]
-                        rows[-1]["universal_accuracy"] = u.average_accuracy()
-                        print(f"  universal embedding (one weight set for all tasks): average accuracy "
-                              f"{100 * u.average_accuracy():.2f}%", flush=True)
-                    print(f"{name}: average accuracy {100 * m.average_accuracy():.2f}%, BWT {100 * m.bwt():+.2f}, "
-                          f"training {sum(res.train_seconds):.0f} s", flush=True)
+    for cfg in plan:
+        bench, method, seed = cfg.benchmark, cfg.method, cfg.seed
+        name = f"{bench}-{method}-it{cfg.iterations}-s{seed}"
+        t0 = time.perf_counter()
+        res = run(cfg, args.out / name, args.data_dir, progress=not args.no_progress,
+                  log=lambda s: print("  " + s, flush=True))
+        m = res.task_incremental
+        rows.append({"benchmark": bench, "method": method, "iterations": cfg.iterations, "seed": seed,
+                     "tasks": m.num_tasks, "average_accuracy": m.average_accuracy(), "bwt": m.bwt(),
+                     "train_seconds": sum(res.train_seconds),
+                     "wall_seconds": time.perf_counter() - t0, "run_dir": str(args.out / name),
+                     "validation_curve": validation_curve(args.out / name)})
+        if "universal" in res.matrices:
+            u = res.matrices["universal"]
+            rows[-1]["universal_accuracy"] = u.average_accuracy()
+            print(f"  universal embedding (one weight set for all tasks): average accuracy "
+                  f"{100 * u.average_accuracy():.2f}%", flush=True)
+        print(f"{name}: average accuracy {100 * m.average_accuracy():.2f}%, BWT {100 * m.bwt():+.2f}, "
+              f"training {sum(res.train_seconds):.0f} s", flush=True)
     print(f"\n{'benchmark':<16}{'method':<11}{'iters/task':>11}{'seed':>5}{'avg acc %':>10}{'BWT':>7}{'train s':>9}")
     for r in rows:
         print(f"{r['benchmark']:<16}{r['method']:<11}{r['iterations']:>11}{r['seed']:>5}"

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import parse_args_checked, user_errors
 from certify.attacks import AttackConfig
+from certify.cli_checks import check_evaluation, eps_value, positive_int
 from certify.evaluation import evaluate
 from continual.benchmarks import Benchmark
-from continual.cli import default_config, follow_iterations
 from continual.methods import ContinualMethod
-from continual.runner import RunConfig, run
+from continual.runner import run
 
-from .continual_repro import apply_option, explicit_method_options
+from .continual_repro import check_runs, run_config
 
 
 def robust_hook(eps: float, methods: Sequence[str], n: int | None, attack_config: AttackConfig):
@@ -51,35 +52,37 @@ def robust_hook(eps: float, methods: Sequence[str], n: int | None, attack_config
     return hook
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.continual_robust", description=__doc__.split("\n")[0])
     p.add_argument("--method", default="shield", help="continual method (default shield)")
     p.add_argument("--benchmark", default="split-digits", help="benchmark (default split-digits)")
     p.add_argument("--data-dir", type=Path, default=None, help="data folder")
     p.add_argument("--out", type=Path, default=Path("runs/robust"), help="run directory (resumable)")
-    p.add_argument("--iterations", type=int, default=None, help="iterations per task (default: the paper's)")
-    p.add_argument("--eps", type=float, default=0.05, help="L-inf radius of the evaluation (default 0.05)")
-    p.add_argument("--methods", default="ibp,crown,pgd,aa-fast", help="bound methods and attacks")
-    p.add_argument("--n", type=int, default=None, help="test samples per task (default all)")
-    p.add_argument("--pgd-steps", type=int, default=40, help="PGD steps")
-    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--iterations", type=positive_int, default=None, help="iterations per task (default: the paper's)")
+    p.add_argument("--eps", type=eps_value, default=0.05, help="L-inf radius of the evaluation (default 0.05)")
+    p.add_argument("--methods", default="ibp,crown,pgd,aa-fast", help="bound methods and attacks "
+                   "(default ibp,crown,pgd,aa-fast)")
+    p.add_argument("--n", type=positive_int, default=None, help="test samples per task (default all)")
+    p.add_argument("--pgd-steps", type=positive_int, default=40, help="PGD steps (default 40)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--option", action="append", default=[],
                    help="RunConfig override key=value, dotted keys (e.g. method_options.eps=0.02); repeatable")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
+    args = parse_args_checked(p, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = default_config(args.method, args.benchmark)
-    data["seed"] = args.seed
-    if args.iterations is not None:
-        data["iterations"] = args.iterations
-        data["eval_every"] = min(data["eval_every"], args.iterations)
-    for option in args.option:
-        apply_option(data, option)
-    cfg = RunConfig.from_dict(follow_iterations(data, explicit=explicit_method_options(args.option)))
-    hook = robust_hook(args.eps, args.methods.split(","), args.n,
-                       AttackConfig(steps=args.pgd_steps, seed=args.seed))
+    with user_errors(p):  # the training config, the data and every evaluation option: before task 1 trains
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        check_evaluation(args.eps, methods, steps=args.pgd_steps, n=args.n)
+        cfg = run_config(args.method, args.benchmark, args.seed, args.iterations, args.option)
+        check_runs([cfg], args.data_dir)
+    hook = robust_hook(args.eps, methods, args.n, AttackConfig(steps=args.pgd_steps, seed=args.seed))
     results = run(cfg, args.out, args.data_dir, progress=not args.no_progress,
                   log=lambda s: print(s, flush=True), after_task=hook)
     print(f"\n{args.method} on {args.benchmark}, eps = {args.eps:g}, {cfg.iterations} iterations per task, "

@@ -26,8 +26,10 @@ comes from one run of this script:
   training on MNIST (Adam 1e-3, batch 128, eps ramped to the case's eps over the first half, loss
   ``(CE(clean) + CE(worst case)) / 2``), ``--weights`` loads a state dict instead.
 
-Inputs: MNIST test images for the 1x28x28 models when the IDX files are found under ``--data-dir``
-(default ``../shared/data`` beside the repository), uniform noise in ``[0, 1]`` otherwise.
+Inputs: MNIST test images for the 1x28x28 models. Without ``--data-dir`` they are looked for in
+``../shared/data`` beside the repository, and uniform noise in ``[0, 1]`` is used instead (with a note
+on stderr) when they are not there; a ``--data-dir`` given explicitly must hold MNIST (an error
+otherwise, never a silent swap of the inputs). The 3x32x32 models always get uniform noise.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks import parse_args_checked
+from benchmarks import parse_args_checked, user_errors
+from certify.cli_checks import error_line, nonnegative_int, positive_int
 from certify.crown import crown_bounds
+from certify.model_io import load_model
 from certify.models import build_model
 from intervals import Interval
 
@@ -92,16 +96,33 @@ def default_data_dir() -> Path:
 
 
 def _mnist(data_dir: Path | None, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """MNIST ``(x, y)`` of ``split`` from ``data_dir``, or ``None`` when the files are not there."""
+    """MNIST ``(x, y)`` of ``split`` from ``data_dir``; ``None`` without a ``data_dir``. Missing or corrupt
+    files raise (``OSError``/``ValueError``): :func:`resolve_data_dir` decides beforehand whether to use them."""
     if data_dir is None:
         return None
     from certify.data import load_dataset
 
-    try:
-        ds = load_dataset("mnist", data_dir, split=split)
-    except (OSError, ValueError):
-        return None
+    ds = load_dataset("mnist", data_dir, split=split)
     return ds.x, ds.y
+
+
+def resolve_data_dir(data_dir: Path | None, splits: Sequence[str]) -> Path | None:
+    """The folder MNIST is read from, checked now: an explicit ``data_dir`` must hold the ``splits``
+    (``ValueError`` otherwise); without one, :func:`default_data_dir` is used when it holds them, else
+    ``None`` (uniform inputs) with a note on stderr."""
+    if not splits:
+        return data_dir
+    folder = data_dir if data_dir is not None else default_data_dir()
+    try:
+        for split in splits:
+            _mnist(folder, split)
+    except (OSError, ValueError) as exc:
+        if data_dir is not None:
+            raise ValueError(f"--data-dir {data_dir}: cannot read MNIST ({error_line(exc)})") from None
+        print(f"note: no readable MNIST under {folder} ({error_line(exc)}); the 1x28x28 models are timed on "
+              "uniform random inputs (give --data-dir to require MNIST)", file=sys.stderr)
+        return None
+    return folder
 
 
 def inputs(case: Case, batch: int, data_dir: Path | None, seed: int = 0) -> tuple[torch.Tensor, str]:
@@ -118,7 +139,8 @@ def ibp_train(model: nn.Module, case: Case, steps: int, data_dir: Path | None, s
     """``steps`` steps of plain IBP training on MNIST (see the module docstring), in place."""
     data = _mnist(data_dir, "train") if (case.in_channels, case.in_size) == (1, 28) else None
     if data is None:
-        raise SystemExit(f"--ibp-train-steps needs MNIST under --data-dir ({data_dir}) and a 1x28x28 model")
+        where = data_dir if data_dir is not None else default_data_dir()
+        raise ValueError(f"--ibp-train-steps needs MNIST under --data-dir ({where}) and a 1x28x28 model")
     x_all, y_all = data
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
@@ -182,6 +204,12 @@ def time_ops(
     return wall, cpu
 
 
+def load_weights(case: Case, weights: Path) -> nn.Module:
+    """``case``'s model with the state dict in ``weights`` (a bare or hypercert weights file); a missing,
+    corrupt or mismatched file is a ``ValueError`` naming it (:func:`certify.model_io.load_model`)."""
+    return load_model(weights, case.model, in_channels=case.in_channels, in_size=case.in_size, num_classes=10)
+
+
 def run_case(
     case: Case,
     batch: int,
@@ -197,8 +225,7 @@ def run_case(
     model = build_model(case.model, case.in_channels, case.in_size, 10)
     weights_desc = "random init"
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        model = load_weights(case, weights)
         weights_desc = f"loaded from {weights}"
     elif train_steps:
         ibp_train(model, case, train_steps, data_dir, seed)
@@ -247,14 +274,18 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: each case's, 128 for MNIST)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per op (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.crown_speed", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch", type=positive_int, default=None, help="batch size (default: each case's, 128 for MNIST)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per op (median reported)")
+    p.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed rounds first")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of {', '.join(CASES)}")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="where mnist/ lies")
-    p.add_argument("--ibp-train-steps", type=int, default=0, help="IBP-train each model first (MNIST models)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="where mnist/ lies; must hold MNIST when given (default: ../shared/data beside the\n"
+                   "repository if MNIST is there, else uniform random inputs, with a note)")
+    p.add_argument("--ibp-train-steps", type=nonnegative_int, default=0,
+                   help="IBP-train each model first (MNIST models)")
     p.add_argument("--weights", type=Path, default=None, help="state dict to load (one model only)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parse_args_checked(p, argv)
@@ -264,16 +295,25 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"unknown model(s) {unknown}; available: {', '.join(CASES)}")
     if args.weights is not None and len(keys) != 1:
         p.error("--weights needs exactly one model")
-    if min(args.repeats, args.threads) < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
-        p.error("--repeats, --threads and --batch must be >= 1, --warmup >= 0")
     args.models = keys
+    mnist_models = [k for k in keys if (CASES[k].in_channels, CASES[k].in_size) == (1, 28)]
+    with user_errors(p):  # before any timing: the weights fit, and the inputs are what the table will say
+        if args.weights is not None:
+            load_weights(CASES[keys[0]], args.weights)
+        if args.ibp_train_steps and len(mnist_models) < len(keys):
+            raise ValueError("--ibp-train-steps trains on MNIST: use it with the 1x28x28 models only "
+                             f"({', '.join(k for k, c in CASES.items() if c.in_size == 28)})")
+        splits = (["test"] + (["train"] if args.ibp_train_steps else [])) if mnist_models else []
+        args.data_dir = resolve_data_dir(args.data_dir, splits)
+        if args.ibp_train_steps and args.data_dir is None:
+            raise ValueError(f"--ibp-train-steps needs MNIST: none under {default_data_dir()}; give --data-dir")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     torch.set_num_threads(args.threads)
-    data_dir = args.data_dir if args.data_dir is not None and args.data_dir.exists() else None
+    data_dir = args.data_dir
     results = []
     for key in args.models:
         case = CASES[key]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -41,6 +42,7 @@ from torch import nn
 
 from benchmarks import parse_args_checked
 from certify.bounds import margin_bounds, other_classes, spec_matrix
+from certify.cli_checks import eps_value, nonnegative_int, positive_int
 from intervals import Interval, rigorous
 
 __all__ = [
@@ -141,17 +143,19 @@ def pgd_attack(
 
 # ---------------------------------------------------------------------------- report
 def _parse_eps(values: Sequence[str] | None) -> list[float]:
+    """``--eps`` values (repeated or comma lists), each a finite radius in [0, 1] (the pixel range)."""
     if not values:
         return list(DEFAULT_EPS)
-    out: list[float] = []
-    for v in values:
-        for part in str(v).split(","):
-            if part.strip():
-                e = float(part)
-                if e < 0:
-                    raise argparse.ArgumentTypeError(f"eps must be >= 0, got {e}")
-                out.append(e)
+    out = [eps_value(part.strip()) for v in values for part in str(v).split(",") if part.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError("no value given")
     return out
+
+
+def _prog() -> str:
+    """The usage name: the console script's when run as ``hypercert-digits-demo``."""
+    name = Path(sys.argv[0]).name
+    return name if name == "hypercert-digits-demo" else "python -m benchmarks.digits_demo"
 
 
 def _show_examples(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float, n: int) -> None:
@@ -176,17 +180,18 @@ def _show_examples(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.digits_demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=_prog(), description=__doc__.split("\n")[0])
     p.add_argument(
         "--eps", action="append", default=None,
         help=f"L-inf radius in pixel units [0, 1]; repeat or comma-separate for a table (default {DEFAULT_EPS[0]})",
     )
-    p.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
+    p.add_argument("--epochs", type=nonnegative_int, default=40, help="training epochs (default 40)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the batches")
-    p.add_argument("--examples", type=int, default=3, help="test points whose output bounds are printed")
-    p.add_argument("--pgd-steps", type=int, default=40, help="PGD steps per restart for the consistency check")
+    p.add_argument("--examples", type=nonnegative_int, default=3, help="test points whose output bounds are printed")
+    p.add_argument("--pgd-steps", type=positive_int, default=40,
+                   help="PGD steps per restart for the consistency check (default 40)")
     p.add_argument(
-        "--threads", type=int, default=1,
+        "--threads", type=positive_int, default=1,
         help="torch intra-op threads while the demo runs (default 1: the tensors are tiny), restored afterwards",
     )
     p.add_argument("--rigorous", action="store_true", help="bound inside intervals.rigorous() (outward rounding)")
@@ -196,10 +201,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.eps_list = _parse_eps(args.eps)
     except (ValueError, argparse.ArgumentTypeError) as exc:
         p.error(f"--eps: {exc}")
-    if args.epochs < 0:
-        p.error("--epochs must be >= 0")
-    if args.threads < 1:
-        p.error("--threads must be >= 1")
     return args
 
 

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import parse_args_checked
+from certify.cli_checks import positive_int
 from certify.models import build_model
 from intervals import Interval, bf16_radius, cached_abs_weights
 from intervals.compile import compile_bounds
@@ -518,7 +519,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ibp_speed", description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per operation (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument(
         "--models", nargs="+", default=list(DEFAULT_MODELS), choices=sorted(CASES), metavar="MODEL",

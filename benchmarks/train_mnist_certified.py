@@ -26,17 +26,19 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import parse_args_checked
+from benchmarks import parse_args_checked, user_errors
 from certify.attacks import AttackConfig
+from certify.cli_checks import check_evaluation, eps_value, positive_int
 from certify.data import load_dataset
 from certify.evaluation import evaluate
 from certify.model_io import save_model
 from certify.models import dm_small
-from certify.training import TrainConfig, train_certified
+from certify.training import TrainConfig, check_checkpoint, train_certified
 
 #: The issue's baseline on this machine: plain IBP loop, IBP init, eps ramp to 0.15 over 40% of 40 epochs.
 BASELINE = {"ibp_certified": 0.964, "clean": 0.9845, "train_minutes": 6.0}
 TARGET = {"ibp_certified": 0.965, "clean": 0.983, "train_minutes": 8.0}
+DEFAULT_METHODS = "ibp,crown-ibp,crown,pgd,aa-fast"
 
 
 def recipe(epochs: int, eps_train: float, seed: int) -> TrainConfig:
@@ -54,37 +56,53 @@ def recipe(epochs: int, eps_train: float, seed: int) -> TrainConfig:
     )
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.train_mnist_certified", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"), help="folder with mnist/ IDX files")
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_mnist_certified", description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"),
+                   help="folder with mnist/ IDX files (default ../shared/data)")
     p.add_argument("--download", action="store_true", help="download MNIST into --data-dir if missing")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs")
-    p.add_argument("--eps-train", type=float, default=0.15, help="training eps (ramped up to)")
-    p.add_argument("--eps", type=float, default=0.1, help="evaluation eps")
-    p.add_argument("--train-n", type=int, default=None, help="use the first N training images (default all)")
-    p.add_argument("--test-n", type=int, default=None, help="evaluate the first N test images (default all 10,000)")
-    p.add_argument("--methods", default="ibp,crown-ibp,crown,pgd,aa-fast", help="bound methods and attacks")
-    p.add_argument("--pgd-steps", type=int, default=40, help="PGD steps")
-    p.add_argument("--pgd-restarts", type=int, default=1, help="PGD restarts")
-    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and attacks")
-    p.add_argument("--checkpoint", type=Path, default=None, help="resumable training checkpoint")
+    p.add_argument("--epochs", type=positive_int, default=40, help="training epochs (default 40)")
+    p.add_argument("--eps-train", type=eps_value, default=0.15, help="training eps, ramped up to (default 0.15)")
+    p.add_argument("--eps", type=eps_value, default=0.1, help="evaluation eps (default 0.1)")
+    p.add_argument("--train-n", type=positive_int, default=None, help="use the first N training images (default all)")
+    p.add_argument("--test-n", type=positive_int, default=None,
+                   help="evaluate the first N test images (default all 10,000)")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"bound methods and attacks (default {DEFAULT_METHODS})")
+    p.add_argument("--pgd-steps", type=positive_int, default=40, help="PGD steps (default 40)")
+    p.add_argument("--pgd-restarts", type=positive_int, default=1, help="PGD restarts (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="evaluation batch size (default 500)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and attacks (default 0)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="resumable training checkpoint (refused if written with other settings or data)")
     p.add_argument("--save-model", type=Path, default=None, help="save the trained model (weights + arch) here")
     p.add_argument("--json", type=Path, default=None, help="write results (training log, report summary) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parse_args_checked(p, argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options, every evaluation option validated now: not after a training run."""
+    p = _parser()
+    args = parse_args_checked(p, argv)
+    with user_errors(p):
+        args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+        check_evaluation(args.eps, args.method_list, batch_size=args.batch_size, steps=args.pgd_steps,
+                         restarts=args.pgd_restarts, n=args.test_n)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    train = load_dataset("mnist", args.data_dir, split="train", download=args.download).subset(args.train_n)
-    test = load_dataset("mnist", args.data_dir, split="test", download=args.download).subset(args.test_n)
     model = dm_small()
     cfg = recipe(args.epochs, args.eps_train, args.seed)
+    with user_errors(p):  # missing or corrupt data, a checkpoint of other settings or data: before training
+        train = load_dataset("mnist", args.data_dir, split="train", download=args.download).subset(args.train_n)
+        test = load_dataset("mnist", args.data_dir, split="test", download=args.download).subset(args.test_n)
+        check_checkpoint(args.checkpoint, model, train.x, train.y, cfg)
     print(f"training DM-small on {len(train)} MNIST images: {cfg}", flush=True)
     t0 = time.perf_counter()
     history = train_certified(model, train.x, train.y, cfg, checkpoint=args.checkpoint,
@@ -96,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_model(model, args.save_model, arch="dm-small", metadata={"eps_train": args.eps_train})
     acfg = AttackConfig(steps=args.pgd_steps, restarts=args.pgd_restarts, seed=args.seed, batch_size=args.batch_size)
     t1 = time.perf_counter()
-    report = evaluate(model, test, args.eps, args.methods.split(","), batch_size=args.batch_size,
+    report = evaluate(model, test, args.eps, args.method_list, batch_size=args.batch_size,
                       attack_config=acfg, progress=not args.no_progress)
     eval_seconds = time.perf_counter() - t1
     print()
@@ -111,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "config": {k: v for k, v in vars(args).items() if not isinstance(v, Path)} | {"recipe": str(cfg)},
+            "config": {k: v for k, v in vars(args).items() if not isinstance(v, Path) and k != "method_list"}
+            | {"recipe": str(cfg)},
             "train_seconds": train_seconds, "eval_seconds": eval_seconds, "history": history,
             "summary": report.summary(), "torch": torch.__version__, "machine": platform.platform(),
         }, indent=2) + "\n")

@@ -7,7 +7,9 @@ trains a small demo model (IBP-trained MLP) on the dataset's training split, so 
 offline machine on scikit-learn's bundled digits.
 
 Exit codes: 0 success; 1 soundness violation (a certified sample broken by an attack or misclassified);
-2 bad input (unknown architecture or dataset, corrupt or mismatched model file, eps < 0, ...).
+2 bad input (unknown architecture or dataset, corrupt or mismatched model file, a model that does not
+fit the data or uses a function without an interval rule, eps < 0, an unavailable device, an output
+that would overwrite an input, ...): one line on stderr, before any evaluation starts.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ from typing import Any
 
 import torch
 
-from intervals import UnsupportedOperation
-
 from .attacks import ATTACKS, AttackConfig
-from .bounds import METHODS
-from .continual_runs import is_run_dir, load_run
+from .bounds import METHODS, margin_bounds
+from .cli_checks import USER_ERRORS, check_device, error_line, refuse_overwriting_inputs
+from .continual_runs import is_run_dir, load_run, run_files
 from .data import DATASETS, Dataset, load_dataset
 from .evaluation import SoundnessViolation, evaluate, split_methods
 from .model_io import check_output_file, check_outputs, load_model, save_model
@@ -52,7 +53,9 @@ whole L-inf ball): {bounds}; attacks give empirical robustness (an upper bound o
 accuracy): {attacks}. 'autoattack' is AutoAttack's standard version (apgd-ce, apgd-t, fab-t, square);
 'aa-fast' is its faster apgd-ce + apgd-t subset.
 
-exit codes: 0 ok, 1 soundness violation (certified but broken or misclassified), 2 bad input.
+exit codes: 0 ok, 1 soundness violation (certified but broken or misclassified), 2 bad input (one line
+on stderr, before any evaluation: also a model that does not fit the data or uses a function without
+an interval rule, an unavailable --device, an output path naming the --model file or a file of its run).
 """
 
 
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pgd-restarts", type=int, default=1, help="PGD random restarts (default 1)")
     g.add_argument("--seed", type=int, default=0, help="seed of attacks and of the demo model (default 0)")
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default cpu)")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     g.add_argument("--out", type=Path, help="write the report (settings, summary, per-sample records) as JSON")
     g.add_argument("--csv", type=Path, help="write per-sample records as CSV (a continual run: one file per task, "
@@ -152,6 +155,10 @@ def _check_output_paths(args: argparse.Namespace, tasks: Sequence[int] = ()) -> 
     else:
         outputs["--csv"] = (args.csv, "records.csv")
     check_outputs(outputs)
+    # nothing is lost: an output may not overwrite the model file or a file of the run it came from
+    protected = run_files(args.model) if args.model is not None and is_run_dir(args.model) else ()
+    refuse_overwriting_inputs({flag: path for flag, (path, _) in outputs.items()}, {"--model": args.model},
+                              protected_names=protected)
 
 
 def _task_csv(path: Path, task: int) -> Path:
@@ -165,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
+    check_device(args.device)
     eps_list = _eps_list(args.eps) or list(DEFAULT_EPS.get(args.dataset, (0.1,)))
     bound_methods, attacks = split_methods([m for m in args.methods.split(",") if m.strip()])
     for name, v in (("--n", args.n), ("--batch-size", args.batch_size), ("--pgd-steps", args.pgd_steps),
@@ -179,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, args.data_dir, split=args.split, download=args.download)
     if args.n is not None:
         data = data.subset(args.n)
+    _check_eps_range(eps_list, data.lo, data.hi)
     progress = not args.no_progress
     if args.model is None:
         train = load_dataset(args.dataset, args.data_dir, split="train", download=args.download)
@@ -196,11 +205,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, args.arch, **kwargs)
     model = model.to(args.device).eval()
     x, y = data.x.to(args.device), data.y.to(args.device)
-    with torch.no_grad():
-        out = model(x[:1])
-    if out.dim() != 2 or out.shape[1] < int(y.max()) + 1:
-        raise ValueError(f"the model's output shape {tuple(out.shape)} does not fit {data.num_classes}-class labels "
-                         f"of {args.dataset}")
+    _probe(model, x, y, eps_list, bound_methods, data.lo, data.hi, str(args.dataset))
     cfg = AttackConfig(steps=args.pgd_steps, restarts=args.pgd_restarts, seed=args.seed, batch_size=args.batch_size)
     print(f"evaluating {len(y)} {args.dataset} {args.split} samples at eps {', '.join(f'{e:g}' for e in eps_list)}: "
           f"bounds [{', '.join(bound_methods) or '-'}], attacks [{', '.join(attacks) or '-'}]", flush=True)
@@ -231,6 +236,11 @@ def _run_continual(args: argparse.Namespace, eps_list: list[float], bound_method
     """Every requested task of a continual run: its own network and test set, one report each."""
     tasks = load_run(args.model, args.task, args.data_dir)
     _check_output_paths(args, [tm.task for tm in tasks])
+    for tm in tasks:  # every task checked before the first is evaluated: nothing is lost to a late error
+        _check_eps_range(eps_list, tm.data.lo, tm.data.hi)
+        tm.model.to(args.device)
+        _probe(tm.model, tm.data.x.to(args.device), tm.data.y.to(args.device), eps_list, bound_methods,
+               tm.data.lo, tm.data.hi, f"task {tm.task}")
     cfg = AttackConfig(steps=args.pgd_steps, restarts=args.pgd_restarts, seed=args.seed, batch_size=args.batch_size)
     reports = {}
     for tm in tasks:
@@ -262,15 +272,43 @@ def _run_continual(args: argparse.Namespace, eps_list: list[float], bound_method
     return 0
 
 
+def _check_eps_range(eps_list: Sequence[float], lo: float, hi: float) -> None:
+    """Refuse an eps wider than the input range: its ball covers every input and certifies nothing."""
+    too_big = [e for e in eps_list if e > hi - lo]
+    if too_big:
+        raise ValueError(f"--eps {too_big[0]:g} exceeds the data's range [{lo:g}, {hi:g}]: the ball would cover "
+                         "every input (eps is in input units)")
+
+
+def _probe(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float],
+           bound_methods: Sequence[str], lo: float, hi: float, what: str) -> None:
+    """Run the model and every bound method on one sample, so that a model that does not fit the data or
+    cannot be bounded is a one-line error now, not a traceback (or an error) mid-evaluation."""
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError) as exc:
+        raise ValueError(f"the model does not fit the inputs of {what} (shape {tuple(x.shape[1:])}): "
+                         f"{error_line(exc)}") from None
+    if out.dim() != 2 or out.shape[1] < int(y.max()) + 1:
+        raise ValueError(f"the model's output shape {tuple(out.shape)} does not fit the labels of {what} "
+                         f"(classes 0..{int(y.max())})")
+    for m in bound_methods:
+        try:
+            with torch.no_grad():
+                margin_bounds(model, x[:1], y[:1], max(eps_list), m, lo, hi)
+        except (RuntimeError, TypeError, AttributeError, NotImplementedError, *USER_ERRORS) as exc:
+            raise ValueError(f"cannot bound the model with {m}: {error_line(exc)}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``certify-robustness``; returns the exit code."""
+    """Entry point of ``certify-robustness``; returns the exit code (0 ok, 1 soundness violation, 2 bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError, UnsupportedOperation) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"certify-robustness: error: {msg}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"certify-robustness: error: {error_line(exc)}", file=sys.stderr)
         return 2
 
 

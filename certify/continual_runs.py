@@ -17,9 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .cli_checks import error_line
 from .data import Dataset
 
-__all__ = ["TaskModel", "is_run_dir", "load_run", "parse_tasks"]
+__all__ = ["RUN_FILES", "TaskModel", "is_run_dir", "load_run", "parse_tasks", "run_files"]
+
+#: The files a ``continual-train`` run directory holds (or will hold once finished); no output may replace one.
+RUN_FILES = ("config.json", "checkpoint.pt", "results.json", "accuracy.csv", "validation.csv",
+             "accuracy_matrix.png", "task_curves.png")
 
 
 @dataclass
@@ -29,6 +34,21 @@ class TaskModel:
     task: int
     model: nn.Module
     data: Dataset
+
+
+def run_files(run_dir: str | Path) -> list[str]:
+    """The names of the files of a run directory that no other tool may replace: :data:`RUN_FILES` and
+    the CSV and heatmap of every further matrix its ``results.json`` lists (``universal.csv``, ...)."""
+    names = list(RUN_FILES)
+    try:
+        matrices = json.loads((Path(run_dir) / "results.json").read_text()).get("matrices") or {}
+    except (OSError, ValueError, AttributeError):
+        return names
+    from continual.runner import matrix_file_stem
+
+    for name in matrices:
+        names += [f"{matrix_file_stem(name)}.csv", f"{matrix_file_stem(name)}_matrix.png"]
+    return names
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -47,11 +67,17 @@ def parse_tasks(spec: str | None, num_tasks: int) -> list[int]:
         try:
             if "-" in part:
                 a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    raise ValueError(f"--task: the range {part!r} is reversed; write {b}-{a}")
                 out.extend(range(a, b + 1))
             else:
                 out.append(int(part))
-        except ValueError:
+        except ValueError as exc:
+            if str(exc).startswith("--task"):
+                raise
             raise ValueError(f"--task: expected 'all', N, N,M or N-M, got {spec!r}") from None
+    if len(set(out)) != len(out):
+        raise ValueError(f"--task: a task is listed twice in {spec!r}")
     bad = [t for t in out if not 0 <= t < num_tasks]
     if bad:
         raise ValueError(f"--task: task {bad[0]} does not exist (the run has tasks 0..{num_tasks - 1})")
@@ -72,7 +98,7 @@ def load_run(run_dir: str | Path, tasks: str | Sequence[int] | None = None,
         raise FileNotFoundError(f"{run} is not a continual-train run directory (no config.json)")
     try:
         cfg = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise ValueError(f"corrupt {run / 'config.json'}: {exc}") from None
     ckpt = run / "checkpoint.pt"
     if not ckpt.is_file():
@@ -81,8 +107,14 @@ def load_run(run_dir: str | Path, tasks: str | Sequence[int] | None = None,
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file raises many exception types
         raise ValueError(f"corrupt checkpoint {ckpt}: {type(exc).__name__}") from None
+    if not isinstance(state, dict) or state.get("format") != "hypercert-continual-run":
+        raise ValueError(f"{ckpt} is not a hypercert continual-run checkpoint")
     bench, method = _build(cfg, data_dir)
-    method.load_state_dict(state["method"])
+    try:
+        method.load_state_dict(state["method"])
+    except (RuntimeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ValueError(f"checkpoint {ckpt} does not fit the {cfg.method!r} run described by {run / 'config.json'} "
+                         f"(was it copied from another run?): {error_line(exc)}") from None
     finished = int(state["task"])
     if finished == 0:
         raise ValueError(f"{run}: no task is finished yet")

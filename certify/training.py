@@ -24,8 +24,11 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,10 +41,12 @@ from torch import nn
 from intervals import Interval
 
 from .bounds import fold_margins, margin_bounds
-from .model_io import atomic_save
+from .model_io import atomic_save, check_output_file
 
 __all__ = [
     "TrainConfig",
+    "check_checkpoint",
+    "data_fingerprint",
     "ibp_init",
     "ibp_loss",
     "ramp",
@@ -270,23 +275,87 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
-def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig) -> dict[str, Any]:
+def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """What identifies a training set: its shapes, dtypes and a SHA-256 of every value of ``x`` and ``y``.
+
+    Hashing all of MNIST's 60,000 float32 images takes well under a second, a rounding error beside
+    an epoch, so every sample counts: a checkpoint is resumed only on exactly the data it was trained on.
+
+    Example:
+        >>> a = data_fingerprint(torch.zeros(3, 2), torch.tensor([0, 1, 0]))
+        >>> a == data_fingerprint(torch.zeros(3, 2), torch.tensor([0, 1, 1])), a["n"]
+        (False, 3)
+    """
+    digest = hashlib.sha256()
+    for t in (x, y):
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return {"n": int(x.shape[0]), "x_shape": list(x.shape[1:]), "sha256": digest.hexdigest()}
+
+
+def _check_data(path: Path, saved: dict[str, Any] | None, data: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint trained on other data (it would return that model as if trained on this)."""
+    if saved is None:  # written before fingerprints were recorded: nothing to compare
+        warnings.warn(f"checkpoint {path} does not record its training data; resuming it unchecked", stacklevel=3)
+        return
+    if saved != data:
+        what = (f"{saved['n']} samples, now {data['n']}" if saved["n"] != data["n"]
+                else f"shape {saved['x_shape']}, now {data['x_shape']}" if saved["x_shape"] != data["x_shape"]
+                else "the same number of samples but different values")
+        raise ValueError(f"checkpoint {path} was trained on different data ({what}); use a new checkpoint path "
+                         "or the same data")
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig,
+                     data: dict[str, Any]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         raise ValueError(f"corrupt training checkpoint {path}: {type(exc).__name__}: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != "hypercert-train-checkpoint":
-        raise ValueError(f"{path} is not a hypercert training checkpoint")
+        raise ValueError(f"{path} is not a hypercert training checkpoint (written by train_certified)")
     if state["config"] != _config_dict(cfg):
         changed = sorted(k for k in state["config"] if state["config"][k] != _config_dict(cfg).get(k))
         raise ValueError(f"checkpoint {path} was written with a different training config (differs in: "
                          f"{', '.join(changed)}); use a new checkpoint path or the same settings")
+    _check_data(path, state.get("data"), data)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise ValueError(f"checkpoint {path} does not match the model: {str(exc).splitlines()[0]}") from None
-    opt.load_state_dict(state["optimizer"])
+    try:
+        opt.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"checkpoint {path}: its optimizer state does not match the model ({exc})") from None
     return state
+
+
+def check_checkpoint(checkpoint: str | Path | None, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     config: TrainConfig) -> None:
+    """Everything :func:`train_certified` checks before its first batch, without training: the data, the
+    checkpoint path, and an existing checkpoint's format, config, data and fit to ``model`` (which is
+    left unchanged). Scripts call it before other long preparations; raises ``ValueError``."""
+    _check_training_data(x, y)
+    if checkpoint is None:
+        return
+    path = Path(checkpoint)
+    check_output_file(path, "checkpoint", "checkpoint.pt")
+    if path.exists():
+        probe = copy.deepcopy(model)
+        opt = torch.optim.Adam(probe.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        _load_checkpoint(path, probe, opt, config, data_fingerprint(x, y))
+
+
+def _check_training_data(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse data that would fail (or silently mislead) only after training started."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y disagree on the number of samples: {x.shape[0]} vs {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise ValueError("no training samples (x is empty)")
+    if not x.is_floating_point() or not torch.isfinite(x).all():
+        raise ValueError("x must be a floating-point tensor without NaN or infinite values")
+    if y.dtype not in (torch.int64, torch.int32, torch.uint8) or y.dim() != 1 or int(y.min()) < 0:
+        raise ValueError(f"y must be non-negative integer class labels of shape (N,), got {y.dtype} {tuple(y.shape)}")
 
 
 def train_certified(
@@ -302,21 +371,24 @@ def train_certified(
     """IBP-train ``model`` (an ``nn.Sequential`` ending in ``nn.Linear``) on ``(x, y)``; returns per-epoch logs.
 
     With ``checkpoint``, the model, optimiser, epoch and history are written there atomically after
-    every epoch, and an existing checkpoint written with the same config is resumed: the batches are
-    drawn from a generator seeded by ``(seed, epoch)``, so a killed and resumed run equals an unbroken
-    one. ``config.init == "ibp"`` applies :func:`ibp_init` (on a fresh start only).
+    every epoch, and an existing checkpoint written with the same config *and the same data*
+    (:func:`data_fingerprint`) is resumed: the batches are drawn from a generator seeded by ``(seed,
+    epoch)``, so a killed and resumed run equals an unbroken one. A checkpoint of another config, of
+    other data or of another model is refused (``ValueError``), as is an unusable checkpoint path,
+    before the first batch. ``config.init == "ibp"`` applies :func:`ibp_init` (on a fresh start only).
     """
     cfg = config or TrainConfig()
     if not isinstance(model, nn.Sequential) or not isinstance(model[-1], nn.Linear):
         raise ValueError("train_certified needs an nn.Sequential whose last layer is nn.Linear")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y disagree on the number of samples: {x.shape[0]} vs {y.shape[0]}")
+    _check_training_data(x, y)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     path = None if checkpoint is None else Path(checkpoint)
+    check_output_file(path, "checkpoint", "checkpoint.pt")  # now, not after the first epoch
+    fingerprint = data_fingerprint(x, y) if path is not None else {}
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if path is not None and path.exists():
-        state = _load_checkpoint(path, model, opt, cfg)
+        state = _load_checkpoint(path, model, opt, cfg, fingerprint)
         start_epoch, history = int(state["epoch"]), list(state["history"])
     elif cfg.init == "ibp":
         ibp_init(model, torch.Generator().manual_seed(cfg.seed))
@@ -360,8 +432,9 @@ def train_certified(
         if log is not None:
             log(record)
         if path is not None:
-            atomic_save({"format": "hypercert-train-checkpoint", "config": _config_dict(cfg), "epoch": epoch + 1,
-                          "history": history, "model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+            atomic_save({"format": "hypercert-train-checkpoint", "config": _config_dict(cfg), "data": fingerprint,
+                         "epoch": epoch + 1, "history": history, "model": model.state_dict(),
+                         "optimizer": opt.state_dict()}, path)
     if bar is not None:
         bar.close()
     model.eval()

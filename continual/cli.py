@@ -2,9 +2,9 @@
 
 ``continual-train --method hnet --benchmark permuted-mnist --data-dir DIR --out RUN_DIR`` trains with
 the papers' settings for that method and benchmark (:data:`DEFAULTS`; a ``--config FILE.toml`` and the
-flags override them), shows progress bars, keeps the best-validation state of every task, and writes
-results into ``RUN_DIR``. Killed and started again with the same command, it resumes from its last
-checkpoint and ends with the same numbers. ``continual-eval RUN_DIR`` prints the tables of a run.
+flags override them, see :data:`PRECEDENCE`), shows progress bars, keeps the best-validation state of
+every task, and writes results into ``RUN_DIR``. Killed and started again with the same command, it
+resumes from its last checkpoint and ends with the same numbers. ``continual-eval RUN_DIR`` prints the tables of a run.
 
 Exit codes: 0 done; 2 bad input (unknown method or benchmark, bad config, missing data, corrupt
 checkpoint), with a one-line message.
@@ -19,12 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from certify.cli_checks import USER_ERRORS, check_device, error_line, positive_int
+
 from .benchmarks import BENCHMARKS
 from .methods import METHODS
 from .metrics import RunResults
 from .runner import TARGETS, RunConfig, run
 
-__all__ = ["DEFAULTS", "HINT_KAPPA_PER_ITERATION", "default_config", "eval_main", "follow_iterations", "train_main"]
+__all__ = ["DEFAULTS", "HINT_KAPPA_PER_ITERATION", "PRECEDENCE", "default_config", "eval_main", "follow_iterations",
+           "train_main"]
 
 _MNIST_MLP = {"target": "mlp", "target_options": {"hidden": [1000, 1000]}}
 # The papers' [100, 100] hnet (M = 24) in front of hypercl's 78,000-weight chunks: a head (100 x 78,000
@@ -182,6 +185,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ValueError(f"bad TOML in {path}: {exc}") from None
 
 
+#: How a run's settings are put together (also printed by ``continual-train --help``).
+PRECEDENCE = """\
+precedence: explicit flags win over the TOML (--config), the TOML wins over the defaults. The method
+and benchmark come from --method/--benchmark or, when not given, from the TOML's method/benchmark
+keys (benchmark default: split-digits); a flag that contradicts the TOML's method or benchmark is
+refused. The defaults of that method on that benchmark (the papers' settings) are taken after this,
+so a TOML saying method = "hint" gets HINT's defaults.
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         self.print_usage(sys.stderr)
@@ -209,32 +222,48 @@ def _train_parser() -> argparse.ArgumentParser:
         f"methods: {', '.join(METHODS)}; benchmarks: {', '.join(BENCHMARKS)}; targets: {', '.join(TARGETS)}.\n"
         "A TOML config holds RunConfig keys, e.g.\n"
         "  iterations = 3000\n  lr = 5e-4\n  [method_options]\n  beta = 0.05\n  [benchmark_options]\n"
-        "  num_tasks = 5\n  pad32 = true\n",
+        "  num_tasks = 5\n  pad32 = true\n\n" + PRECEDENCE,
     )
-    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
-    p.add_argument("--benchmark", default="split-digits", help="default split-digits (offline, bundled data)")
+    p.add_argument("--method", help=f"one of {', '.join(METHODS)} (required unless the --config TOML sets method)")
+    p.add_argument("--benchmark", help="default: the TOML's benchmark, else split-digits (offline, bundled data)")
     p.add_argument("--data-dir", type=Path, help="folder with the data files (default $HYPERCERT_DATA or ./data)")
-    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoint, results, plots)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoint, results, plots); run the same "
+                   "command again to resume")
     p.add_argument("--config", type=Path, help="TOML file overriding the defaults")
     p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--iterations", type=int, help="training iterations per task (default: the paper's)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
+def _choose(flag: str, value: str | None, toml: dict[str, Any], key: str, default: str | None) -> str:
+    """``--method``/``--benchmark``: the flag, else the TOML's key, else ``default``; a contradiction is refused."""
+    in_toml = toml.get(key)
+    if value is not None and in_toml is not None and value != in_toml:
+        raise ValueError(f"{flag} {value} contradicts {key} = {in_toml!r} in the --config file; drop one of them")
+    chosen = value if value is not None else in_toml if in_toml is not None else default
+    if chosen is None:
+        raise ValueError(f"{flag} is required (or set {key} in the --config file)")
+    if not isinstance(chosen, str):
+        raise ValueError(f"{key} in the --config file must be a string, got {chosen!r}")
+    return chosen
+
+
 def _config(args: argparse.Namespace) -> RunConfig:
-    data = default_config(args.method, args.benchmark)
-    explicit: set[str] = set()
-    if args.config is not None:
-        toml = _read_toml(args.config)
-        explicit = set(toml.get("method_options", {}))
-        data = _merge(data, toml)
+    """The run's settings (:data:`PRECEDENCE`): defaults of the chosen method and benchmark < TOML < flags."""
+    toml = _read_toml(args.config) if args.config is not None else {}
+    method = _choose("--method", args.method, toml, "method", None)
+    benchmark = _choose("--benchmark", args.benchmark, toml, "benchmark", "split-digits")
+    data = _merge(default_config(method, benchmark), toml)
+    explicit = set(toml.get("method_options", {})) if isinstance(toml.get("method_options"), dict) else set()
     for key in ("seed", "device", "iterations"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
-    return RunConfig.from_dict(follow_iterations(data, explicit=explicit))
+    cfg = RunConfig.from_dict(follow_iterations(data, explicit=explicit))
+    check_device(cfg.device)
+    return cfg
 
 
 def print_results(results: RunResults) -> None:
@@ -276,9 +305,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         cfg = _config(args)
         results = run(cfg, args.out, args.data_dir, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"continual-train: error: {msg}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"continual-train: error: {error_line(exc)}", file=sys.stderr)
         return 2
     print_results(results)
     print(f"\nresults in {args.out}: results.json, accuracy.csv, accuracy_matrix.png, task_curves.png"
@@ -288,8 +316,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``continual-eval RUN_DIR``."""
-    p = _Parser(prog="continual-eval", description="Print the tables of a continual-train run directory.")
-    p.add_argument("run_dir", type=Path)
+    p = _Parser(prog="continual-eval", description="Print the tables of a continual-train run directory.",
+                epilog="example: continual-eval runs/digits-hnet")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                   help="a directory written by continual-train --out (its config.json and results.json)")
     args = p.parse_args(argv)
     path = args.run_dir / "results.json"
     try:
@@ -299,8 +329,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                                  "again to resume it")
             raise FileNotFoundError(f"no continual-train run in {args.run_dir} (no results.json)")
         results = RunResults.from_json(path)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"continual-eval: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"continual-eval: error: {error_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(results.settings.get("config", {}), sort_keys=True))
     print_results(results)

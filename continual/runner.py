@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from certify.cli_checks import check_device
 from certify.model_io import atomic_save
 
 from .benchmarks import Benchmark, Task, make_benchmark
@@ -174,7 +175,10 @@ def class_incremental(
 
 
 def _build(cfg: RunConfig, data_dir: str | Path | None) -> tuple[Benchmark, ContinualMethod]:
-    bench = make_benchmark(cfg.benchmark, data_dir, seed=cfg.seed, **cfg.benchmark_options)
+    try:
+        bench = make_benchmark(cfg.benchmark, data_dir, seed=cfg.seed, **cfg.benchmark_options)
+    except TypeError as exc:  # an unknown benchmark_options key
+        raise ValueError(f"bad benchmark_options for {cfg.benchmark!r}: {exc}") from None
     torch.manual_seed(cfg.seed)
     target = build_target(cfg, bench)
     method = build_method(cfg.method, target, **cfg.method_options).to(cfg.device)
@@ -219,6 +223,37 @@ def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
         defaults = json.loads(json.dumps(method_defaults(out["method"])))
         out["method_options"] = {**defaults, **out.get("method_options", {})}
     return out
+
+
+def _check_run_dir(out: Path, cfg: RunConfig) -> None:
+    """Refuse ``out`` when it is a file, or holds a *started* run (a checkpoint) with another config.
+
+    A ``config.json`` without a checkpoint is what a run that failed before its first validation check
+    leaves behind: nothing was trained, so a corrected command may reuse the directory.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory; give a new or existing run directory")
+    config_path = out / "config.json"
+    if not config_path.exists() or not (out / "checkpoint.pt").exists():
+        return
+    try:
+        saved = _with_defaults(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+        raise ValueError(f"corrupt {config_path}: {exc}; restore it or use another --out") from None
+    wanted = _with_defaults(cfg.to_dict())
+    if saved != wanted:
+        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        raise ValueError(f"{out} holds a run with a different config (differs in: {', '.join(changed)}); "
+                         "use another --out or the same settings")
+
+
+def _load_method(method: ContinualMethod, state: Any, path: Path) -> None:
+    """``method.load_state_dict(state)``, a mismatch (a checkpoint copied from another run) as a ``ValueError``."""
+    try:
+        method.load_state_dict(state)
+    except (RuntimeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {path} does not fit this run's method: {reason}") from None
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -268,17 +303,13 @@ def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None,
     ``stop_after(task, step)`` (tests) returning True simulates a kill right after that checkpoint.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config_path, ckpt_path = out / "config.json", out / "checkpoint.pt"
-    if config_path.exists():
-        saved, wanted = _with_defaults(json.loads(config_path.read_text())), _with_defaults(cfg.to_dict())
-        if saved != wanted:
-            changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
-            raise ValueError(f"{out} holds a run with a different config (differs in: {', '.join(changed)}); "
-                             "use another --out or the same settings")
-    else:
+    _check_run_dir(out, cfg)
+    check_device(cfg.device)
+    bench, method = _build(cfg, data_dir)  # bad options, missing data: refused before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    if not ckpt_path.exists():  # nothing trained yet (or a run that failed before its first check): (re)write
         config_path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    bench, method = _build(cfg, data_dir)
     n_tasks = len(bench)
     matrix = AccuracyMatrix(n_tasks)
     times: list[float] = []
@@ -289,7 +320,7 @@ def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None,
     if ckpt_path.exists():
         state = _load(ckpt_path)
         task, step = int(state["task"]), int(state["step"])
-        method.load_state_dict(state["method"])
+        _load_method(method, state["method"], ckpt_path)
         for j in range(min(task, method.hnet.num_tasks)):
             method.end_task(j)
         matrix = AccuracyMatrix.from_dict(state["matrix"])

@@ -123,7 +123,12 @@ _register(
 )
 _register(
     ["torch.sum", "Tensor.sum", "torch.mean", "Tensor.mean"],
-    [case(lambda f, x, k: f(x)), case(lambda f, x, k: f(x, 1)), case(lambda f, x, k: f(x, dim=0, keepdim=True))],
+    [
+        case(lambda f, x, k: f(x)),
+        case(lambda f, x, k: f(x, 1)),
+        case(lambda f, x, k: f(x, dim=0, keepdim=True)),
+        case(lambda f, x, k: f(x, None, True)),
+    ],
 )
 _register(
     ["torch.amax", "Tensor.amax", "torch.amin", "Tensor.amin"],
@@ -171,6 +176,7 @@ _register(
         case(lambda f, x, k: f(x, -2), lo=0.25),
         case(lambda f, x, k: f(x, 0.5), lo=0.0),
         case(lambda f, x, k: f(x, 1.5), lo=0.0),
+        case(lambda f, x, k: f(x[0, 0], k(torch.tensor([[2.0]])))),  # a one-element exponent broadcasts
     ],
 )
 _register(["torch.nn.functional.leaky_relu"], [case(lambda f, x, k: f(x, 0.1)), case(lambda f, x, k: f(x, 1.7))])

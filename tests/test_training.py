@@ -210,3 +210,37 @@ def test_train_certified_input_errors():
         train_certified(nn.Linear(16, 4), x, y, progress=False)
     with pytest.raises(ValueError, match="number of samples"):
         train_certified(_net(), x, y[:4], progress=False)
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_data(tmp_path):
+    """A finished checkpoint of other data must not be returned as if trained on this data."""
+    x, y = _data(32)
+    ckpt = tmp_path / "c.pt"
+    train_certified(_net(), x, y, _cfg(epochs=1), checkpoint=ckpt, progress=False)
+    with pytest.raises(ValueError, match=r"different data \(32 samples, now 16\)"):
+        train_certified(_net(), x[:16], y[:16], _cfg(epochs=1), checkpoint=ckpt, progress=False)
+    x2, _ = _data(32, seed=5)
+    with pytest.raises(ValueError, match="different data .*different values"):
+        train_certified(_net(), x2, y, _cfg(epochs=1), checkpoint=ckpt, progress=False)
+    y2 = y.clone()
+    y2[0] = (y2[0] + 1) % 4
+    with pytest.raises(ValueError, match="different data"):
+        train_certified(_net(), x, y2, _cfg(epochs=1), checkpoint=ckpt, progress=False)
+    # the same data resumes (here: the finished run returns at once)
+    assert len(train_certified(_net(), x, y, _cfg(epochs=1), checkpoint=ckpt, progress=False)) == 1
+
+
+def test_train_certified_refuses_a_bad_checkpoint_path_or_data_before_training(tmp_path):
+    x, y = _data(8)
+    calls = []
+    with pytest.raises(ValueError, match="is a directory"):
+        train_certified(_net(), x, y, _cfg(epochs=1), checkpoint=tmp_path, progress=False, log=calls.append)
+    with pytest.raises(ValueError, match="no training samples"):
+        train_certified(_net(), x[:0], y[:0], _cfg(epochs=1), progress=False, log=calls.append)
+    with pytest.raises(ValueError, match="NaN"):
+        train_certified(_net(), x * float("nan"), y, _cfg(epochs=1), progress=False, log=calls.append)
+    (tmp_path / "foreign.pt").write_bytes(b"")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a hypercert training checkpoint"):
+        train_certified(_net(), x, y, _cfg(epochs=1), checkpoint=tmp_path / "foreign.pt", progress=False)
+    assert calls == []  # no epoch ran

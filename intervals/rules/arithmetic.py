@@ -233,6 +233,8 @@ def _sum_rigorous(x: Interval, dim: Any, keepdim: bool) -> Interval:
 def _sum(x: Interval, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> Interval:
     if dtype is not None:
         x = x.to(dtype)
+    if dim is None and keepdim:  # torch keeps every dimension as size 1
+        dim = tuple(range(x.dim()))
     if rounding.is_rigorous():
         return _sum_rigorous(x, dim, keepdim)
     if dim is None:

@@ -228,13 +228,16 @@ def _pow(x: Any, exponent: Any) -> Interval:
         return exponent.__rpow__(x)
     if not isinstance(x, Interval) or isinstance(exponent, Interval):
         raise UnsupportedOperation("torch.pow", "only an Interval base with a number exponent is supported")
+    shape = x.shape
     if isinstance(exponent, torch.Tensor) and exponent.numel() == 1:
+        shape = torch.broadcast_shapes(x.shape, exponent.shape)  # a [[2.]] exponent adds dimensions
         exponent = exponent.item()
     if not isinstance(exponent, numbers.Real):
         raise UnsupportedOperation("torch.pow", "the exponent must be a number")
     if exponent != exponent:
         raise IntervalError("torch.pow: exponent is NaN")
-    return _pow_scalar(x, float(exponent))
+    out = _pow_scalar(x, float(exponent))
+    return out if out.shape == shape else out.expand(shape)
 
 
 @implements(torch.square, _T.square)
