@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import parse_args_checked
+from certify.cli_checks import positive_int
 from continual.cli import default_config
 from continual.hypernet import blocks_squared_distance
 from continual.methods import build_method
@@ -141,10 +142,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="whose default target and hypernetwork to build (default: permuted-mnist)")
     p.add_argument("--methods", nargs="+", default=["hnet", "hint"],
                    help="methods to time (hnet, hypermask, hint, shield; default: hnet hint)")
-    p.add_argument("--tasks", nargs="+", type=int, default=[1, 5, 10],
+    p.add_argument("--tasks", nargs="+", type=positive_int, default=[1, 5, 10],
                    help="task numbers T (1-based) at which to time a step (default: 1 5 10)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per measurement (median; default 5)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per measurement (median; default 5)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     return p
 
@@ -153,9 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args_checked(_parser(), argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if any(t < 1 for t in args.tasks) or args.repeats < 1:
-        print("error: --tasks must be >= 1 and --repeats >= 1", file=sys.stderr)
-        return 2
     print(f"hypercert continual step benchmark | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{args.benchmark}, default configs | medians of {args.repeats}")
     header = (f"{'method':<10} {'task':>4} | {'step ms':>9} {'target f+b ms':>14} | "

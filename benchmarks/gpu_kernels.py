@@ -56,6 +56,7 @@ import torch.nn.functional as F
 
 from benchmarks import parse_args_checked
 from benchmarks.ibp_speed import CASES, NOISY, _fmt_ms, _mark, make_ops, setup
+from certify.cli_checks import nonnegative_int, positive_float, positive_int
 from intervals import ops
 
 __all__ = ["TARGETS", "bench_layer", "bench_model", "main"]
@@ -285,11 +286,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"all layer shapes: batches {FULL_BATCHES} x widths {FULL_WIDTHS} "
         f"(default: batches {DEFAULT_BATCHES} x widths {DEFAULT_WIDTHS})",
     )
-    p.add_argument("--batches", type=int, nargs="+", default=None, metavar="B", help="layer batch sizes (overrides)")
-    p.add_argument("--widths", type=int, nargs="+", default=None, metavar="W", help="layer widths (overrides)")
+    p.add_argument("--batches", type=positive_int, nargs="+", default=None, metavar="B",
+                   help="layer batch sizes (overrides)")
+    p.add_argument("--widths", type=positive_int, nargs="+", default=None, metavar="W",
+                   help="layer widths (overrides)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="layer dtype (default float32)")
     p.add_argument(
-        "--balance", type=float, default=None,
+        "--balance", type=positive_float, default=None,
         help="FLOP/byte ridge point separating memory- from compute-bound layers (default: 20 for float32, "
         "150 for float16/bfloat16, roughly an A100/H100)",
     )
@@ -297,17 +300,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--models", nargs="*", default=list(DEFAULT_MODELS), choices=sorted(CASES), metavar="MODEL",
         help=f"end-to-end cases, from {', '.join(CASES)} (default: {' '.join(DEFAULT_MODELS)}; none: skip)",
     )
-    p.add_argument("--batch", type=int, default=None, help="end-to-end batch size (default: each case's, 64-128)")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help="end-to-end batch size (default: each case's, 64-128)")
     p.add_argument("--no-layers", action="store_true", help="skip the layer microbenchmarks")
-    p.add_argument("--repeats", type=int, default=30, help="timed rounds per operation (median reported; default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed rounds first (compiles the kernels; default 5)")
+    p.add_argument("--repeats", type=positive_int, default=30,
+                   help="timed rounds per operation (median reported; default 30)")
+    p.add_argument("--warmup", type=nonnegative_int, default=5,
+                   help="untimed rounds first (compiles the kernels; default 5)")
     p.add_argument("--json", type=Path, default=None, help="also write every number as JSON here")
     # Dry runs of the script's own code without a GPU (the fused ops then run their torch reference).
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
-    args = parse_args_checked(p, argv)
-    if args.repeats < 1 or args.warmup < 0:
-        p.error("--repeats must be >= 1 and --warmup >= 0")
-    return args
+    return parse_args_checked(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,8 @@ from pathlib import Path
 from intervals import UnsupportedOperation
 
 __all__ = ["DATA_SUFFIXES", "USER_ERRORS", "check_device", "check_evaluation", "eps_value", "error_line",
-           "finite_float", "looks_like_input", "nonnegative_int", "positive_int", "refuse_overwriting_inputs"]
+           "finite_float", "looks_like_input", "nonnegative_int", "positive_float", "positive_int",
+           "refuse_overwriting_inputs"]
 
 #: What a user mistake raises: bad values (``ValueError``), missing or unreadable files and failed
 #: downloads (``OSError``, :class:`certify.data.DownloadError` included), a model using a function
@@ -79,6 +80,14 @@ def finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=``: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return value
 
 

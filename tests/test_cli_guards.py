@@ -502,6 +502,25 @@ def test_ibp_speed_threads_0_exits_2(capsys: pytest.CaptureFixture[str]) -> None
     assert "--threads" in _exit2(ibp_speed.main, ["--threads", "0"], capsys)
 
 
+@pytest.mark.parametrize(
+    "module, argv, flag",
+    [
+        ("continual_step", ["--tasks", "1", "0"], "--tasks"),
+        ("continual_step", ["--repeats", "x"], "--repeats"),
+        ("continual_step", ["--threads", "0"], "--threads"),
+        ("gpu_kernels", ["--repeats", "0"], "--repeats"),
+        ("gpu_kernels", ["--warmup", "-1"], "--warmup"),
+        ("gpu_kernels", ["--balance", "0"], "--balance"),
+        ("gpu_kernels", ["--widths", "64", "0"], "--widths"),
+    ],
+)
+def test_timing_benchmarks_refuse_bad_counts(module: str, argv: list[str], flag: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    assert flag in _exit2(importlib.import_module(f"benchmarks.{module}").main, argv, capsys)
+
+
 def test_crown_speed_explicit_data_dir_must_hold_mnist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import crown_speed
 
