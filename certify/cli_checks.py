@@ -156,14 +156,17 @@ def _resolved(path: str | Path) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
-#: Suffixes of the files an input directory is read for (data sets, weights, checkpoints): never overwritten.
-DATA_SUFFIXES = (".gz", ".npz", ".npy", ".pt", ".pth", ".safetensors", ".tar", ".zip", ".idx", ".pkl", ".toml")
+#: Suffixes of the data files an input directory is read for: never overwritten. Weights and configs
+#: (``.pt``, ``.toml``) are not among them: in a data directory they are a tool's own earlier outputs
+#: (``--save-model dm_small.pt``), which the same command may write again; a run directory's own files
+#: are protected by name instead.
+DATA_SUFFIXES = (".gz", ".npz", ".npy", ".tar", ".zip", ".idx")
 
 
 def looks_like_input(path: Path) -> bool:
-    """Whether an existing file of an input directory is one a tool reads: a data, weights or checkpoint
-    file (:data:`DATA_SUFFIXES`, IDX ``*-ubyte``, CIFAR's suffix-less pickles and ``MD5SUMS``). Reports a
-    previous run wrote there (``.json``, ``.csv``, ``.png``) may be replaced by the same command."""
+    """Whether an existing file of an input directory is one a tool reads: a data file
+    (:data:`DATA_SUFFIXES`, IDX ``*-ubyte``, CIFAR's suffix-less pickles and ``MD5SUMS``). What a previous
+    run wrote there (reports, plots, saved weights) may be replaced by the same command."""
     name = path.name
     return (path.suffix.lower() in DATA_SUFFIXES or "ubyte" in name or name in ("MD5SUMS", "batches.meta", "meta")
             or name.startswith(("data_batch", "test_batch")) or name in ("train", "test"))

@@ -289,7 +289,8 @@ def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     digest = hashlib.sha256()
     for t in (x, y):
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        # the raw bytes: numpy has no bfloat16, and a byte view hashes every dtype alike
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"n": int(x.shape[0]), "x_shape": list(x.shape[1:]), "sha256": digest.hexdigest()}
 
 

@@ -24,7 +24,7 @@ from certify.cli_checks import USER_ERRORS, check_device, error_line, positive_i
 from .benchmarks import BENCHMARKS
 from .methods import METHODS
 from .metrics import RunResults
-from .runner import TARGETS, RunConfig, run
+from .runner import TARGETS, RunConfig, resumes, run
 
 __all__ = ["DEFAULTS", "HINT_KAPPA_PER_ITERATION", "PRECEDENCE", "default_config", "eval_main", "follow_iterations",
            "train_main"]
@@ -254,9 +254,38 @@ def _choose(flag: str, value: str | None, toml: dict[str, Any], key: str, defaul
 def _config(args: argparse.Namespace) -> RunConfig:
     """The run's settings (:data:`PRECEDENCE`): defaults of the chosen method and benchmark < TOML < flags."""
     toml = _read_toml(args.config) if args.config is not None else {}
+    legacy = _legacy_config(args, toml)
+    if legacy is not None and resumes(args.out, legacy):
+        try:
+            current: RunConfig | None = _current_config(args, toml)
+        except ValueError:  # e.g. --method contradicting the TOML's method: refused now, accepted then
+            current = None
+        if current is None or (current != legacy and not resumes(args.out, current)):
+            print(f"continual-train: note: resuming {args.out} with the settings it was started with (before "
+                  "the TOML's method/benchmark keys chose their own defaults)", file=sys.stderr)
+            return legacy
+    return _current_config(args, toml)
+
+
+def _current_config(args: argparse.Namespace, toml: dict[str, Any]) -> RunConfig:
     method = _choose("--method", args.method, toml, "method", None)
     benchmark = _choose("--benchmark", args.benchmark, toml, "benchmark", "split-digits")
-    data = _merge(default_config(method, benchmark), toml)
+    return _flags_over(args, _merge(default_config(method, benchmark), toml), toml)
+
+
+def _legacy_config(args: argparse.Namespace, toml: dict[str, Any]) -> RunConfig | None:
+    """The config the same command gave before :data:`PRECEDENCE`: the defaults of --method and
+    --benchmark (or split-digits), then the whole TOML, its method/benchmark keys included. Only used
+    to resume a run started that way; None where it does not apply."""
+    if args.method is None or not any(k in toml for k in ("method", "benchmark")):
+        return None
+    try:
+        return _flags_over(args, _merge(default_config(args.method, args.benchmark or "split-digits"), toml), toml)
+    except USER_ERRORS:
+        return None
+
+
+def _flags_over(args: argparse.Namespace, data: dict[str, Any], toml: dict[str, Any]) -> RunConfig:
     explicit = set(toml.get("method_options", {})) if isinstance(toml.get("method_options"), dict) else set()
     for key in ("seed", "device", "iterations"):
         if getattr(args, key) is not None:

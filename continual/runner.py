@@ -225,6 +225,18 @@ def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def resumes(out: str | Path, cfg: RunConfig) -> bool:
+    """Whether ``out`` holds a started run (a checkpoint) whose saved config is ``cfg``."""
+    out = Path(out)
+    if not (out / "checkpoint.pt").exists() or not (out / "config.json").exists():
+        return False
+    try:
+        saved = _with_defaults(json.loads((out / "config.json").read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, OSError):
+        return False
+    return saved == _with_defaults(cfg.to_dict())
+
+
 def _check_run_dir(out: Path, cfg: RunConfig) -> None:
     """Refuse ``out`` when it is a file, or holds a *started* run (a checkpoint) with another config.
 

@@ -79,7 +79,16 @@ def test_refuse_overwriting_inputs(tmp_path: Path) -> None:
     (tmp_path / "run" / "old_report.json").write_text("{}")
     refuse_overwriting_inputs({"--out": tmp_path / "run" / "old_report.json"}, {"--model": tmp_path / "run"})
     with pytest.raises(ValueError, match="would overwrite checkpoint.pt of the --model directory"):
-        refuse_overwriting_inputs({"--csv": tmp_path / "run" / "checkpoint.pt"}, {"--model": tmp_path / "run"})
+        refuse_overwriting_inputs({"--csv": tmp_path / "run" / "checkpoint.pt"}, {"--model": tmp_path / "run"},
+                                  protected_names=["checkpoint.pt"])
+    # in a data directory: data files are protected, a tool's own earlier weights are not
+    data = tmp_path / "data"
+    (data / "mnist").mkdir(parents=True)
+    (data / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(b"x")
+    (data / "dm_small.pt").write_bytes(b"x")
+    refuse_overwriting_inputs({"--save-model": data / "dm_small.pt"}, {"--data-dir": data})
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz of the --data-dir directory"):
+        refuse_overwriting_inputs({"--json": data / "mnist" / "t10k-images-idx3-ubyte.gz"}, {"--data-dir": data})
     with pytest.raises(ValueError, match="results.json"):  # not written yet, but the run will write it
         refuse_overwriting_inputs({"--out": tmp_path / "run" / "results.json"}, {"--model": tmp_path / "run"},
                                   protected_names=["results.json"])
@@ -350,6 +359,36 @@ def test_continual_train_flag_contradicting_the_toml_is_refused(tmp_path: Path,
     assert not (tmp_path / "run").exists()
     assert _train(["--out", str(tmp_path / "run")]) == 2
     assert "--method is required" in _last_err(capsys, "continual-train")
+
+
+@pytest.mark.parametrize("toml_keys", ['benchmark = "split-mnist"\n', 'method = "hint"\n'])
+def test_a_run_started_under_the_old_precedence_still_resumes(tmp_path: Path, toml_keys: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Before flags/TOML precedence, `--method hnet --config T` took hnet's split-digits defaults under
+    the whole TOML (its method/benchmark keys included); such a run must resume with that config."""
+    import json
+
+    from continual import cli
+
+    toml = tmp_path / "c.toml"
+    # leaves batch_size and the hidden sizes to the defaults, which differ between the two benchmarks
+    toml.write_text(toml_keys + 'iterations = 4\neval_every = 4\n[benchmark_options]\nnum_tasks = 2\n')
+    argv = ["--method", "hnet", "--config", str(toml), "--out", str(tmp_path / "run")]
+    args = cli._train_parser().parse_args(argv)
+    legacy = cli._legacy_config(args, cli._read_toml(toml))
+    assert legacy is not None
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(legacy.to_dict()))
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"started")
+    assert cli._config(args) == legacy
+    assert "resuming" in capsys.readouterr().err
+    # a fresh directory gets the current precedence (or its refusal of a contradiction)
+    fresh = cli._train_parser().parse_args([*argv[:-1], str(tmp_path / "fresh")])
+    if "method" in toml_keys:
+        with pytest.raises(ValueError, match="contradicts"):
+            cli._config(fresh)
+    else:
+        assert cli._config(fresh) != legacy
 
 
 def test_continual_train_help_documents_the_precedence(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 from certify.bounds import margin_bounds
 from certify.training import (
     TrainConfig,
+    data_fingerprint,
     ibp_init,
     ibp_loss,
     ramp,
@@ -228,6 +229,16 @@ def test_resume_refuses_a_checkpoint_trained_on_other_data(tmp_path):
         train_certified(_net(), x, y2, _cfg(epochs=1), checkpoint=ckpt, progress=False)
     # the same data resumes (here: the finished run returns at once)
     assert len(train_certified(_net(), x, y, _cfg(epochs=1), checkpoint=ckpt, progress=False)) == 1
+
+
+def test_data_fingerprint_of_every_dtype(tmp_path):
+    # numpy has no bfloat16: the fingerprint hashes raw bytes, so bf16 training can checkpoint
+    x, y = _data(8)
+    fp = {dt: data_fingerprint(x.to(dt), y)["sha256"] for dt in (torch.float32, torch.float16, torch.bfloat16)}
+    assert len(set(fp.values())) == 3
+    net = _net().to(torch.bfloat16)
+    out = train_certified(net, x.to(torch.bfloat16), y, _cfg(epochs=1), checkpoint=tmp_path / "bf.pt", progress=False)
+    assert len(out) == 1 and (tmp_path / "bf.pt").exists()
 
 
 def test_train_certified_refuses_a_bad_checkpoint_path_or_data_before_training(tmp_path):

@@ -140,14 +140,15 @@ def mul(a: Any, b: Any) -> Interval:
             # 0 * inf is NaN in IEEE arithmetic and 0 for a box (the convention used throughout)
             lo, hi = _nan_to_zero_(a.lower * b), _nan_to_zero_(a.upper * b)
             return _outward(lo, hi) if b > 0 else _outward(hi, lo)
-        p, q = a.lower * b, a.upper * b
-        return _outward(_nan_to_zero_(torch.fmin(p, q)), _nan_to_zero_(torch.fmax(p, q)))
+        # 0 * inf -> 0 in every product before the min/max (fmin would skip the NaN and lose that 0)
+        p, q = _nan_to_zero_(a.lower * b), _nan_to_zero_(a.upper * b)
+        return _outward(torch.minimum(p, q), torch.maximum(p, q))
     al, au = a.lower, a.upper
     bl, bu = b.lower, b.upper
-    p1, p2, p3, p4 = al * bl, al * bu, au * bl, au * bu
-    lo = torch.fmin(torch.fmin(p1, p2), torch.fmin(p3, p4))
-    hi = torch.fmax(torch.fmax(p1, p2), torch.fmax(p3, p4))
-    return _outward(_nan_to_zero_(lo), _nan_to_zero_(hi))
+    p1, p2, p3, p4 = (_nan_to_zero_(t) for t in (al * bl, al * bu, au * bl, au * bu))
+    lo = torch.minimum(torch.minimum(p1, p2), torch.minimum(p3, p4))
+    hi = torch.maximum(torch.maximum(p1, p2), torch.maximum(p3, p4))
+    return _outward(lo, hi)
 
 
 def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Interval:
