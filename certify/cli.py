@@ -287,7 +287,7 @@ def _probe(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: S
     try:
         with torch.no_grad():
             out = model(x[:1])
-    except (RuntimeError, TypeError, AttributeError, NotImplementedError) as exc:
+    except (RuntimeError, TypeError) as exc:  # torch's shape/dtype mismatch errors, in the user's model
         raise ValueError(f"the model does not fit the inputs of {what} (shape {tuple(x.shape[1:])}): "
                          f"{error_line(exc)}") from None
     if out.dim() != 2 or out.shape[1] < int(y.max()) + 1:
@@ -297,7 +297,7 @@ def _probe(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: S
         try:
             with torch.no_grad():
                 margin_bounds(model, x[:1], y[:1], max(eps_list), m, lo, hi)
-        except (RuntimeError, TypeError, AttributeError, NotImplementedError, *USER_ERRORS) as exc:
+        except USER_ERRORS as exc:  # a function or layer without a rule; anything else is a bug: a traceback
             raise ValueError(f"cannot bound the model with {m}: {error_line(exc)}") from None
 
 

@@ -496,20 +496,10 @@ def _reflected(func: Any) -> Callable[..., Any]:
     return method
 
 
-# Tensor-like methods: dispatched through the same rules as their torch.* spellings, so one rule
-# serves ``x.relu()``, ``torch.relu(x)`` and ``F.relu(x)``.
-for _name in (
-    "reshape", "view", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "expand",
-    "expand_as", "contiguous", "sum", "mean", "abs", "exp", "log", "sqrt", "relu", "sigmoid",
-    "tanh", "clamp", "pow", "matmul", "softmax", "log_softmax", "neg", "square", "unbind", "t",
-    "split", "chunk", "repeat", "flip", "roll", "narrow", "select", "__getitem__", "add", "sub",
-    "mul", "div", "maximum", "minimum", "amax", "amin", "tile", "view_as", "reshape_as", "swapaxes",
-    "swapdims", "movedim", "moveaxis", "unflatten", "index_select", "gather", "take_along_dim",
-    "diagonal", "repeat_interleave",
-):
-    setattr(Interval, _name, _call(getattr(torch.Tensor, _name)))
-
+# Operators; the named Tensor methods (``x.relu()`` ...) are bound by bind_tensor_methods once the
+# rules are registered, so one rule serves ``x.relu()``, ``torch.relu(x)`` and ``F.relu(x)``.
 for _name, _fn in (
+    ("__getitem__", torch.Tensor.__getitem__),
     ("__add__", torch.Tensor.add), ("__sub__", torch.Tensor.sub), ("__mul__", torch.Tensor.mul),
     ("__truediv__", torch.Tensor.div), ("__matmul__", torch.Tensor.matmul),
     ("__pow__", torch.Tensor.pow), ("__neg__", torch.Tensor.neg), ("__abs__", torch.Tensor.abs),

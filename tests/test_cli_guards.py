@@ -609,3 +609,36 @@ def test_crown_speed_usage_names_the_module(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         crown_speed.main(["--help"])
     assert "usage: python -m benchmarks.crown_speed" in capsys.readouterr().out
+
+
+def test_probe_names_an_output_that_does_not_fit_the_labels() -> None:
+    from certify.cli import _probe
+
+    model = torch.nn.Linear(4, 2)
+    x, y = torch.rand(3, 4), torch.tensor([0, 1, 5])
+    with pytest.raises(ValueError, match=r"output shape \(1, 2\) does not fit the labels of toy \(classes 0..5\)"):
+        _probe(model, x, y, [0.1], ["ibp"], 0.0, 1.0, "toy")
+
+
+def test_probe_lets_a_bug_in_the_bounds_surface() -> None:
+    # only user errors (no rule for a function, a bad value) become one-line messages; anything else
+    # raised while bounding is a bug and keeps its traceback
+    from certify import cli
+
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.rand(3, 4), torch.tensor([0, 1, 2])
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("internal")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "margin_bounds", broken)
+        with pytest.raises(RuntimeError, match="internal"):
+            cli._probe(model, x, y, [0.1], ["ibp"], 0.0, 1.0, "toy")
+
+
+def test_toml_method_must_be_a_string() -> None:
+    from continual.cli import _choose
+
+    with pytest.raises(ValueError, match="method in the --config file must be a string, got 3"):
+        _choose("--method", None, {"method": 3}, "method", None)
