@@ -82,6 +82,7 @@ __all__ = [
     "UnsupportedLayer",
     "check_supported",
     "crown_bounds",
+    "has_forward_hooks",
 ]
 
 #: The CROWN variants: how ReLU pre-activation bounds are obtained.
@@ -145,8 +146,30 @@ class _Node:
     relax: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs more than its ``forward``: forward (pre-)hooks on it, or global ones.
+
+    Code that reads a layer's parameters instead of calling it (CROWN, the specification folded into a
+    last ``nn.Linear``) would bypass such hooks (``torch.nn.utils.prune`` masks weights in one), so it
+    must not take that shortcut.
+    """
+    from torch.nn.modules import module as module_mod
+
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks
+        or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks
+    )
+
+
 def _walk(module: nn.Module, name: str) -> list[_Node]:
     """The nodes of ``module`` (named ``name``): nested ``nn.Sequential``s flattened, each layer checked."""
+    if has_forward_hooks(module):
+        where = f"layer {name}" if name else "the model"
+        raise UnsupportedLayer(
+            f"CROWN reads layers' parameters and would bypass the forward hooks on {where} "
+            f"({type(module).__name__}); remove them (e.g. torch.nn.utils.prune.remove) or use method='ibp'",
+            type(module).__name__,
+        )
     if type(module) is nn.Sequential:
         prefix = f"{name}." if name else ""
         return [node for child, layer in module.named_children() for node in _walk(layer, prefix + child)]
