@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", type=Path, help="weights file (.pt via torch.load(weights_only=True), or "
                    ".safetensors); omit to train a demo model on the dataset's training split")
     g.add_argument("--arch", help=f"architecture: one of {', '.join(MODELS)}, or 'module:function' (a factory "
-                   "returning the nn.Module); default: the name recorded in the file")
+                   "returning the nn.Module); default: the registered name recorded in the file (a factory the file "
+                   "records is used only when named here)")
     g.add_argument("--num-classes", type=int, help="classes, if the architecture needs it (default: dataset's)")
     g.add_argument("--save-model", type=Path, help="where to save the demo model when --model is omitted")
     g.add_argument("--task", help="with --model RUN_DIR (a continual-train run): which tasks to evaluate, 'all' "

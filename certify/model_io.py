@@ -178,19 +178,43 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-            info = json.loads(header["info"]) if "info" in header else {}
-            return state, info
+            return state, _checked_info(header["info"], path) if "info" in header else {}
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file raises many exception types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot read model file {path}: corrupt or not a weights file ({reason})") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return obj["state_dict"], json.loads(obj["info"])
+        return _checked_state(obj.get("state_dict"), path), _checked_info(obj.get("info"), path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # the common {"state_dict": ...} training-script layout
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, {}
     raise ValueError(f"model file {path} holds no state dict of tensors (found {type(obj).__name__})")
+
+
+def _checked_state(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A hypercert file's ``state_dict``, checked to be a non-empty dict of named tensors."""
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"damaged model file {path}: its state_dict is {type(state).__name__}, not a dict of tensors")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise ValueError(f"damaged model file {path}: state_dict entry {k!r} is {type(v).__name__}, not a tensor")
+    return state
+
+
+def _checked_info(raw: Any, path: Path) -> dict[str, Any]:
+    """A hypercert file's ``info`` (JSON text), checked to hold what :func:`save_model` writes."""
+    try:
+        info = json.loads(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"damaged model file {path}: its info field is not JSON text") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"damaged model file {path}: its info is {type(info).__name__}, not a JSON object")
+    for key, kinds, what in (("arch", (str, type(None)), "a string"), ("arch_kwargs", (dict, type(None)), "an object"),
+                             ("metadata", (dict, type(None)), "an object")):
+        if not isinstance(info.get(key), kinds):
+            raise ValueError(f"damaged model file {path}: info.{key} is {type(info[key]).__name__}, not {what}")
+    return info
 
 
 def load_model(
@@ -203,8 +227,11 @@ def load_model(
     """Rebuild the model in ``path`` (eval mode, on ``device``); no code from the file ever runs.
 
     ``arch`` (a registered name or ``module:function``) and ``arch_kwargs`` override what the file
-    records; a bare state dict needs them. A missing/unexpected parameter or a shape mismatch is a
-    ``ValueError`` naming the file and the first offending keys.
+    records; a bare state dict needs them. A ``module:function`` factory is imported and called only
+    when the caller names it: a file that records one is refused unless ``arch`` names the same
+    factory, since otherwise the file would choose code to run. A missing/unexpected parameter, a
+    shape mismatch or a tensor of the wrong kind (integer or complex weights for floating-point
+    parameters) is a ``ValueError`` naming the file and the first offending keys.
     """
     path = Path(path)
     state, info = _read(path)
@@ -212,6 +239,9 @@ def load_model(
     if not name:
         raise ValueError(f"{path} does not record its architecture: pass arch= (--arch), e.g. one of "
                          f"{', '.join(MODELS)} or 'module:function'")
+    if not arch and name not in MODELS:
+        raise ValueError(f"{path} records the architecture {name!r}, which is not a registered name; a model file "
+                         f"never chooses code to run: pass arch={name!r} (--arch) yourself if you trust it")
     kwargs = {**(info.get("arch_kwargs") or {}), **arch_kwargs} if not arch or arch == info.get("arch") else arch_kwargs
     try:
         model = resolve_factory(name)(**kwargs)
@@ -238,6 +268,9 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, na
         if state[k].shape != v.shape:
             raise ValueError(f"{path} does not fit architecture {name!r}: {k} has shape {tuple(state[k].shape)} "
                              f"in the file, {tuple(v.shape)} in the model")
+        if (state[k].is_floating_point(), state[k].is_complex()) != (v.is_floating_point(), v.is_complex()):
+            raise ValueError(f"{path} does not fit architecture {name!r}: {k} has dtype {state[k].dtype} in the "
+                             f"file, {v.dtype} in the model")
         if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
             raise ValueError(f"{path}: parameter {k} contains NaN or infinite values")
     model.load_state_dict(state)

@@ -200,7 +200,7 @@ def test_certify_unsupported_op_is_exit_2_naming_it(tmp_path: Path, capsys: pyte
     import sortnet  # type: ignore[import-not-found]
 
     save_model(sortnet.build(), tmp_path / "sort.pt", arch="sortnet:build")
-    assert certify_main(["--model", str(tmp_path / "sort.pt"), *FAST]) == 2
+    assert certify_main(["--model", str(tmp_path / "sort.pt"), "--arch", "sortnet:build", *FAST]) == 2
     err = _last_err(capsys)
     assert "torch.sort" in err and "ibp" in err
     assert "evaluating" not in capsys.readouterr().out

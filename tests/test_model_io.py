@@ -51,8 +51,11 @@ def test_bare_state_dict_needs_an_architecture(tmp_path):
 def test_module_function_factory(tmp_path):
     net = factory(5)
     save_model(net, tmp_path / "f.pt", arch="tests.test_model_io:factory", arch_kwargs={"width": 5})
-    back = load_model(tmp_path / "f.pt")
-    assert back[1].out_features == 5
+    # the file records the factory, but only the caller may choose code to run
+    with pytest.raises(ValueError, match="never chooses code to run: pass arch='tests.test_model_io:factory'"):
+        load_model(tmp_path / "f.pt")
+    back = load_model(tmp_path / "f.pt", arch="tests.test_model_io:factory")
+    assert back[1].out_features == 5  # the file's arch_kwargs apply to the factory the caller named
     with pytest.raises(ValueError, match="cannot import the factory module"):
         resolve_factory("no_such_module_xyz:build")
     with pytest.raises(ValueError, match="has no callable"):

@@ -90,3 +90,57 @@ def test_forward_hooks_are_run_by_ibp_and_refused_by_crown(where):
     finally:
         handle.remove()
     margin_bounds(net, x, y, 0.01, method="crown")  # hooks removed: CROWN takes it again
+
+
+# ---------------------------------------------------------------------------- model files
+def test_a_model_file_naming_a_factory_runs_no_code(tmp_path):
+    """A file recording ``module:function`` (here ``subprocess:run`` with a shell command as its
+    keyword arguments) used to have that function imported and called by ``load_model(path)``."""
+    import json
+
+    from certify.model_io import FORMAT, load_model
+
+    marker = tmp_path / "ran"
+    info = {"arch": "subprocess:run", "arch_kwargs": {"args": f"touch {marker}", "shell": True}, "metadata": {}}
+    path = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "info": json.dumps(info), "state_dict": {"w": torch.zeros(1)}}, path)
+    with pytest.raises(ValueError, match="never chooses code to run"):
+        load_model(path)
+    assert not marker.exists()
+
+
+def _damaged_files() -> dict[str, object]:
+    import json
+
+    from certify.model_io import FORMAT
+    from certify.models import build_model
+
+    state = build_model("mlp", in_channels=1, in_size=8, num_classes=10).state_dict()
+    info = json.dumps({"arch": "mlp", "arch_kwargs": {"in_channels": 1, "in_size": 8, "num_classes": 10}})
+    return {
+        "its info field is not JSON text": {"format": FORMAT, "info": None, "state_dict": state},
+        "its info is list, not a JSON object": {"format": FORMAT, "info": "[1, 2]", "state_dict": state},
+        "info.arch_kwargs is list": {"format": FORMAT, "info": json.dumps({"arch": "mlp", "arch_kwargs": [1]}),
+                                     "state_dict": state},
+        "its state_dict is NoneType": {"format": FORMAT, "info": info},
+        "its state_dict is list": {"format": FORMAT, "info": info, "state_dict": [1, 2]},
+        "state_dict entry '1.weight' is list": {
+            "format": FORMAT, "info": info, "state_dict": {**state, "1.weight": [1]}},
+        "1.weight has dtype torch.int64 in the file": {
+            "format": FORMAT, "info": info, "state_dict": {k: (v * 100).long() for k, v in state.items()}},
+        "1.weight has dtype torch.complex64 in the file": {
+            "format": FORMAT, "info": info, "state_dict": {k: v.to(torch.complex64) for k, v in state.items()}},
+    }
+
+
+@pytest.mark.parametrize("message", list(_damaged_files()))
+def test_a_damaged_model_file_is_a_one_line_value_error(tmp_path, message):
+    """Each of these crashed with a traceback (AttributeError, TypeError, KeyError) or, for integer and
+    complex weights, was silently cast into a different model."""
+    from certify.model_io import load_model
+
+    path = tmp_path / "m.pt"
+    torch.save(_damaged_files()[message], path)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
