@@ -91,14 +91,14 @@ def load_run(run_dir: str | Path, tasks: str | Sequence[int] | None = None,
     Only tasks the run has finished are available; the checkpoint is read with
     ``torch.load(weights_only=True)``.
     """
-    from continual.runner import RunConfig, _build  # the one import of continual in certify
+    from continual.runner import RunConfig, _build, check_checkpoint  # the one import of continual in certify
 
     run = Path(run_dir)
     if not is_run_dir(run):
         raise FileNotFoundError(f"{run} is not a continual-train run directory (no config.json)")
     try:
         cfg = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"corrupt {run / 'config.json'}: {exc}") from None
     ckpt = run / "checkpoint.pt"
     if not ckpt.is_file():
@@ -112,10 +112,10 @@ def load_run(run_dir: str | Path, tasks: str | Sequence[int] | None = None,
     bench, method = _build(cfg, data_dir)
     try:
         method.load_state_dict(state["method"])
-    except (RuntimeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+    except (RuntimeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"checkpoint {ckpt} does not fit the {cfg.method!r} run described by {run / 'config.json'} "
                          f"(was it copied from another run?): {error_line(exc)}") from None
-    finished = int(state["task"])
+    finished = check_checkpoint(state, cfg.to_dict(), method, len(bench), ckpt)
     if finished == 0:
         raise ValueError(f"{run}: no task is finished yet")
     wanted = parse_tasks(tasks, len(bench)) if tasks is None or isinstance(tasks, str) else list(tasks)

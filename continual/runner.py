@@ -38,9 +38,12 @@ from certify.model_io import atomic_save
 from .benchmarks import Benchmark, Task, make_benchmark
 from .methods import METHODS, ContinualMethod, build_method, method_defaults
 from .metrics import AccuracyMatrix, RunResults
-from .targets import MLP, ResNet18, ResNet20, SmallConvNet, TargetNet, ZenkeNet
+from .targets import MLP, ResNet18, ResNet20, SmallConvNet, TargetNet, TaskBatchNorm, ZenkeNet
 
-__all__ = ["RunConfig", "TARGETS", "build_optimizer", "build_target", "class_incremental", "evaluate_tasks", "run"]
+__all__ = [
+    "RunConfig", "TARGETS", "build_optimizer", "build_target", "check_checkpoint", "class_incremental",
+    "evaluate_tasks", "run",
+]
 
 #: Target architectures by name.
 TARGETS: dict[str, type[TargetNet]] = {
@@ -259,6 +262,33 @@ def _check_run_dir(out: Path, cfg: RunConfig) -> None:
                          "use another --out or the same settings")
 
 
+def check_checkpoint(state: dict[str, Any], config: dict[str, Any], method: ContinualMethod, num_tasks: int,
+                     path: Path) -> int:
+    """Check a loaded checkpoint against its run: returns the number of finished tasks.
+
+    ``state`` must be the run's own (a checkpoint records its run's config, ``config``; checkpoints written
+    before that was recorded are taken on trust), its ``task`` count an integer in ``0..num_tasks``, and
+    ``method`` (with the checkpoint loaded) must hold batch-norm statistics for every finished task: a
+    layer without them would normalise with a fresh layer's mean 0 and variance 1, a different network.
+    Anything else is a ``ValueError`` naming ``path``.
+    """
+    recorded = state.get("config")
+    if recorded is not None:
+        saved, wanted = _with_defaults(recorded), _with_defaults(config)
+        if saved != wanted:
+            changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+            raise ValueError(f"checkpoint {path} belongs to another run: its config differs from the run's "
+                             f"config.json in {', '.join(changed)} (was it copied from another run?)")
+    finished = state.get("task")
+    if isinstance(finished, bool) or not isinstance(finished, int) or not 0 <= finished <= num_tasks:
+        raise ValueError(f"damaged checkpoint {path}: its task count is {finished!r}, not an integer in 0..{num_tasks}")
+    for name, layer in method.named_modules():
+        if isinstance(layer, TaskBatchNorm) and layer.num_tasks < finished:
+            raise ValueError(f"damaged checkpoint {path}: batch norm {name} has statistics for {layer.num_tasks} "
+                             f"task(s), but the checkpoint says {finished} are finished")
+    return finished
+
+
 def _load_method(method: ContinualMethod, state: Any, path: Path) -> None:
     """``method.load_state_dict(state)``, a mismatch (a checkpoint copied from another run) as a ``ValueError``."""
     try:
@@ -331,8 +361,8 @@ def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None,
     fresh_task = True
     if ckpt_path.exists():
         state = _load(ckpt_path)
-        task, step = int(state["task"]), int(state["step"])
         _load_method(method, state["method"], ckpt_path)
+        task, step = check_checkpoint(state, cfg.to_dict(), method, n_tasks, ckpt_path), int(state["step"])
         for j in range(min(task, method.hnet.num_tasks)):
             method.end_task(j)
         matrix = AccuracyMatrix.from_dict(state["matrix"])
@@ -365,9 +395,9 @@ def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None,
         times.append(spent)
         log(f"task {task + 1}/{n_tasks} done in {spent:.1f} s: test accuracy " + " ".join(f"{a:.4f}" for a in row))
         task, fresh_task, opt_state = task + 1, True, None
-        atomic_save({"format": "hypercert-continual-run", "task": task, "step": 0, "method": method.state_dict(),
-                      "optimizer": None, "best": None, "matrix": matrix.to_dict(), "times": times,
-                      "extra": {k: m.to_dict() for k, m in extra.items()}, "curve": curve}, ckpt_path)
+        atomic_save({"format": "hypercert-continual-run", "config": cfg.to_dict(), "task": task, "step": 0,
+                     "method": method.state_dict(), "optimizer": None, "best": None, "matrix": matrix.to_dict(),
+                     "times": times, "extra": {k: m.to_dict() for k, m in extra.items()}, "curve": curve}, ckpt_path)
     inference, cil = class_incremental(method, bench, cfg.device)
     inference_matrix, cil_matrix = AccuracyMatrix(n_tasks), AccuracyMatrix(n_tasks)
     inference_matrix.record_row(n_tasks - 1, inference)
@@ -437,7 +467,7 @@ def _train_task(method: ContinualMethod, cfg: RunConfig, task_data: Task, task: 
             eligible = step >= getattr(method, "best_from_progress", 0.0) * cfg.iterations or step == cfg.iterations
             if eligible and (best is None or val > best["val"]):
                 best = {"val": val, "step": step, "method": copy.deepcopy(method.state_dict())}
-            atomic_save({"format": "hypercert-continual-run", "task": task, "step": step,
+            atomic_save({"format": "hypercert-continual-run", "config": cfg.to_dict(), "task": task, "step": step,
                           "method": method.state_dict(), "optimizer": opt.state_dict(), "best": best,
                           "matrix": matrix.to_dict(), "times": times,
                           "extra": {k: m.to_dict() for k, m in extra.items()}, "curve": curve,

@@ -45,7 +45,7 @@ def test_a_linear_subclass_with_its_own_forward_is_not_folded():
     net, x, y, x_adv = _masked_net()
     assert _true_margin(net, x_adv, 0) < 0  # a real counterexample inside the ball
     lower = margin_bounds(net, x, y, 0.1, lo=0.0, hi=1.0)
-    assert float(lower.min()) <= _true_margin(net, x_adv, 0) + 1e-6  # default mode: ulp-level slack
+    assert float(lower.detach().min()) <= _true_margin(net, x_adv, 0) + 1e-6  # default mode: ulp-level slack
     assert not bool(certified(net, x, y, 0.1, lo=0.0, hi=1.0)[0])
 
 
@@ -62,7 +62,7 @@ def test_a_sequential_subclass_with_its_own_forward_is_not_sliced():
     # z = flip(W x) = (x1, 2 x0): class 1 everywhere in the ball. Folding into net[0] behind the slice
     # net[:-1] (an empty Flipped, which flips the *input*) gave W flip(x) = (2 x1, x0): class 0 certified.
     assert _true_margin(net, x, 0) < 0
-    lower = float(margin_bounds(net, x, y, 0.01).min())
+    lower = float(margin_bounds(net, x, y, 0.01).detach().min())
     assert lower <= _true_margin(net, x, 0) + 1e-6
     assert not bool(certified(net, x, y, 0.01)[0])
 
@@ -144,3 +144,91 @@ def test_a_damaged_model_file_is_a_one_line_value_error(tmp_path, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         load_model(path)
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------- continual run checkpoints
+@pytest.fixture(scope="module")
+def bn_run(tmp_path_factory: pytest.TempPathFactory):
+    """A finished 2-task Split Digits run whose target has per-task batch norm."""
+    from continual.runner import RunConfig, run
+
+    out = tmp_path_factory.mktemp("bnrun") / "run"
+    cfg = RunConfig(method="hnet", benchmark="split-digits", benchmark_options={"num_tasks": 2}, target="small-conv",
+                    target_options={"widths": [4], "kernel_sizes": [3], "pools": [2], "fc": [8]},
+                    iterations=4, eval_every=4, batch_size=16, method_options={"emb_dim": 4, "hnet_hidden": [8]})
+    run(cfg, out, progress=False, log=lambda s: None)
+    return out
+
+
+def _tampered(run, tmp_path, edit_config=None, edit_state=None):  # noqa: ANN001, ANN202
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    if edit_config is not None:
+        config = json.loads((copy / "config.json").read_text())
+        edit_config(config)
+        (copy / "config.json").write_text(json.dumps(config))
+    if edit_state is not None:
+        state = torch.load(copy / "checkpoint.pt", weights_only=True)
+        edit_state(state)
+        torch.save(state, copy / "checkpoint.pt")
+    return copy
+
+
+def test_the_run_loads_and_records_its_config(bn_run):
+    from certify.continual_runs import load_run
+
+    assert torch.load(bn_run / "checkpoint.pt", weights_only=True)["config"]["seed"] == 0
+    assert [m.task for m in load_run(bn_run)] == [0, 1]
+
+
+@pytest.mark.parametrize("edit", [{"seed": 1}, {"iterations": 8}], ids=["seed", "iterations"])
+def test_a_checkpoint_copied_into_another_runs_directory_is_refused(bn_run, tmp_path, edit):
+    """Networks of the same shapes fitted, so the copy was certified on the other run's tasks."""
+    from certify.continual_runs import load_run
+
+    copy = _tampered(bn_run, tmp_path, edit_config=lambda c: c.update(edit))
+    key = next(iter(edit))
+    with pytest.raises(ValueError, match=f"belongs to another run.*differs from the run's config.json in {key}"):
+        load_run(copy)
+
+
+def test_a_checkpoint_missing_batch_norm_statistics_is_refused(bn_run, tmp_path):
+    """A task without its statistics row was normalised with mean 0, variance 1: another network."""
+    from certify.continual_runs import load_run
+
+    def first_task_only(state):  # noqa: ANN001, ANN202
+        for k in list(state["method"]):
+            if "running_" in k or "num_batches_tracked" in k:
+                state["method"][k] = state["method"][k][:1].clone()
+
+    with pytest.raises(ValueError, match="statistics for 1 task.*2 are finished"):
+        load_run(_tampered(bn_run, tmp_path, edit_state=first_task_only))
+
+
+@pytest.mark.parametrize("task", [None, "1", 7, -1, True], ids=["missing", "text", "too many", "negative", "bool"])
+def test_a_checkpoint_with_a_bad_task_count_is_a_value_error(bn_run, tmp_path, task):
+    from certify.continual_runs import load_run
+
+    def set_task(state):  # noqa: ANN001, ANN202
+        if task is None:
+            del state["task"]
+        else:
+            state["task"] = task
+
+    with pytest.raises(ValueError, match="task count is"):
+        load_run(_tampered(bn_run, tmp_path, edit_state=set_task))
+
+
+def test_resuming_refuses_a_checkpoint_of_another_config(bn_run, tmp_path):
+    """The runner applies the same check when it resumes."""
+    import json
+
+    from continual.runner import RunConfig, run
+
+    copy = _tampered(bn_run, tmp_path, edit_config=lambda c: c.update(seed=3))
+    cfg = RunConfig.from_dict(json.loads((copy / "config.json").read_text()))
+    with pytest.raises(ValueError, match="belongs to another run"):
+        run(cfg, copy, progress=False, log=lambda s: None)
