@@ -535,15 +535,16 @@ def _warn_if_training(model: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def logit_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` per row of ``logits``: positive exactly where ``y`` wins strictly."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
+    return true - others
+
+
 def _margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> torch.Tensor:
-    """``z_y - max_{j != y} z_j`` per sample, computed ``batch`` samples at a time."""
-    out = []
-    for s in range(0, x.shape[0], batch):
-        logits = model(x[s : s + batch])
-        yc = y[s : s + batch]
-        true = logits.gather(1, yc[:, None]).squeeze(1)
-        others = logits.scatter(1, yc[:, None], -math.inf).amax(dim=1)
-        out.append(true - others)
+    """:func:`logit_margins` of ``model(x)``, computed ``batch`` samples at a time."""
+    out = [logit_margins(model(x[s : s + batch]), y[s : s + batch]) for s in range(0, x.shape[0], batch)]
     return torch.cat(out) if out else x.new_zeros(0)
 
 

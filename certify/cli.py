@@ -28,7 +28,7 @@ from .attacks import ATTACKS, AttackConfig
 from .bounds import METHODS, margin_bounds
 from .cli_checks import USER_ERRORS, check_device, error_line, refuse_overwriting_inputs
 from .continual_runs import is_run_dir, load_run, run_files
-from .data import DATASETS, Dataset, load_dataset
+from .data import DATASETS, Dataset, is_tensor_file, load_dataset
 from .evaluation import SoundnessViolation, evaluate, split_methods
 from .model_io import check_output_file, check_outputs, load_model, save_model
 from .models import MODELS, build_model
@@ -102,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--task", help="with --model RUN_DIR (a continual-train run): which tasks to evaluate, 'all' "
                    "(default), N, N,M or N-M; each task's network and test set come from the run")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASETS)}, or a .pt/.npz file with "
+    g.add_argument("--dataset", help=f"one of {', '.join(DATASETS)}, or a .pt/.npz file with "
                    "x (N,C,H,W) in [0,1] and y (default: digits, bundled with scikit-learn)")
     g.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset files "
                    "(default: $HYPERCERT_DATA, else ./data)")
     g.add_argument("--download", action="store_true", help="download the dataset into --data-dir if missing")
-    g.add_argument("--split", default="test", help="split to evaluate (default test)")
+    g.add_argument("--split", help="split to evaluate (default test)")
     g.add_argument("--n", type=int, help="evaluate the first N samples (default: all)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eps", action="append", help="L-inf radius in input units; repeat or comma-separate "
@@ -174,6 +174,17 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
     check_device(args.device)
+    given = [flag for flag, set_ in (("--dataset", args.dataset is not None), ("--split", args.split is not None),
+                                      ("--download", args.download), ("--arch", args.arch is not None),
+                                      ("--num-classes", args.num_classes is not None)) if set_]
+    args.dataset = "digits" if args.dataset is None else args.dataset
+    args.split = "test" if args.split is None else args.split
+    if args.model is not None and is_run_dir(args.model) and given:
+        raise ValueError(f"{', '.join(given)}: not used with --model RUN_DIR (a continual run: each task's network "
+                         "and test set come from the run); drop them")
+    if args.model is not None and args.save_model is not None:
+        raise ValueError("--save-model saves the demo model trained when --model is omitted; with --model there is "
+                         "nothing to save")
     eps_list = _eps_list(args.eps) or list(DEFAULT_EPS.get(args.dataset, (0.1,)))
     bound_methods, attacks = split_methods([m for m in args.methods.split(",") if m.strip()])
     for name, v in (("--n", args.n), ("--batch-size", args.batch_size), ("--pgd-steps", args.pgd_steps),
@@ -185,6 +196,9 @@ def run(args: argparse.Namespace) -> int:
     _check_output_paths(args)
     if args.task is not None:
         raise ValueError("--task needs --model RUN_DIR (a continual-train run directory)")
+    if args.model is None and is_tensor_file(args.dataset):
+        raise ValueError(f"--dataset {args.dataset} is one set of samples with no training split: a demo model "
+                         "would be trained on the samples it is then scored on; pass --model (a trained model)")
     data = load_dataset(args.dataset, args.data_dir, split=args.split, download=args.download)
     if args.n is not None:
         data = data.subset(args.n)

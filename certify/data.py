@@ -66,6 +66,7 @@ __all__ = [
     "Dataset",
     "DownloadError",
     "default_data_dir",
+    "is_tensor_file",
     "load_dataset",
     "load_tensors",
     "read_idx",
@@ -167,6 +168,12 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("HYPERCERT_DATA", "data")).expanduser()
 
 
+def is_tensor_file(name: str | Path) -> bool:
+    """Whether ``name`` names a ``.pt``/``.pth``/``.npz`` data file (one set of samples, no splits)
+    rather than a data set of :data:`DATASETS`."""
+    return isinstance(name, Path) or str(name).lower().endswith(_TENSOR_SUFFIXES)
+
+
 def load_dataset(name: str | Path, data_dir: str | Path | None = None, split: str = "test",
                  download: bool = False) -> Dataset:
     """Load ``split`` (``"train"`` or ``"test"``) of the data set ``name``, one of :data:`DATASETS`.
@@ -189,7 +196,7 @@ def load_dataset(name: str | Path, data_dir: str | Path | None = None, split: st
         ValueError: unknown dataset 'svhn'; available: digits, mnist, fashion-mnist, cifar10, cifar100, \
 tinyimagenet, or the path of a .pt/.npz file
     """
-    if isinstance(name, Path) or str(name).lower().endswith(_TENSOR_SUFFIXES):
+    if is_tensor_file(name):
         return load_tensors(name)
     key = _canonical_name(name)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attacks import ATTACKS, AttackConfig, robust
+from .attacks import ATTACKS, AttackConfig, logit_margins, robust
 from .bounds import METHODS, margin_bounds
 
 __all__ = ["RobustnessReport", "SampleRecord", "SoundnessViolation", "evaluate", "split_methods"]
@@ -237,7 +237,9 @@ def evaluate(
     offset = 0
     for x, y in _batches(data, batch_size):
         with torch.no_grad():
-            pred = model(x).argmax(1)
+            logits = model(x)
+        # strict, as attacks and certificates count: a tie with another class is not a correct answer
+        pred, clean_ok = logits.argmax(1), logit_margins(logits, y) > 0
         for e in eps_list:
             certs, margins = {}, {}
             for m in bound_methods:
@@ -249,7 +251,7 @@ def evaluate(
             for i in range(len(y)):
                 rec = SampleRecord(
                     index=offset + i, eps=e, label=int(y[i]), predicted=int(pred[i]),
-                    clean_correct=bool(pred[i] == y[i]),
+                    clean_correct=bool(clean_ok[i]),
                     robust={a: bool(r[i]) for a, r in robs.items()},
                     certified={m: bool(c[i]) for m, c in certs.items()},
                     worst_margin={m: float(v[i]) for m, v in margins.items()},

@@ -136,11 +136,11 @@ def test_certify_may_rewrite_its_own_report_in_a_run_dir(run_dir: Path, capsys: 
 
 def test_certify_save_model_may_not_overwrite_the_dataset_file(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    # the demo path writes --save-model; naming the --model file is impossible there, but both are checked
+    # only the demo path (no --model) writes --save-model: with --model it is refused before anything runs
     model = tmp_path / "m.pt"
     model.write_bytes(b"not read")
     assert certify_main(["--model", str(model), "--save-model", str(model), *FAST]) == 2
-    assert "is the --model file" in _last_err(capsys)
+    assert "with --model there is nothing to save" in _last_err(capsys)
     assert model.read_bytes() == b"not read"
 
 

@@ -232,3 +232,44 @@ def test_resuming_refuses_a_checkpoint_of_another_config(bn_run, tmp_path):
     cfg = RunConfig.from_dict(json.loads((copy / "config.json").read_text()))
     with pytest.raises(ValueError, match="belongs to another run"):
         run(cfg, copy, progress=False, log=lambda s: None)
+
+
+# ---------------------------------------------------------------------------- certify-robustness and evaluate
+_FAST = ["--methods", "ibp", "--n", "8", "--no-progress"]
+
+
+def test_the_demo_model_is_not_trained_on_a_data_file_it_then_scores(tmp_path, capsys):
+    """A .pt/.npz file has no training split: the demo model was trained on the very samples it reported."""
+    from certify.cli import main
+
+    path = tmp_path / "data.pt"
+    torch.save({"x": torch.rand(20, 1, 8, 8), "y": torch.arange(20) % 10}, path)
+    assert main(["--dataset", str(path), *_FAST]) == 2
+    err = capsys.readouterr().err
+    assert "no training split" in err and "--model" in err
+
+
+@pytest.mark.parametrize("flags", [["--dataset", "mnist"], ["--split", "train"], ["--arch", "dm-large"],
+                                   ["--num-classes", "7"], ["--download"]], ids=lambda f: f[0])
+def test_flags_a_run_directory_does_not_use_are_refused(bn_run, capsys, flags):
+    """They were silently ignored: `--split train` still evaluated the test split."""
+    from certify.cli import main
+
+    assert main(["--model", str(bn_run), *flags, *_FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{flags[0]}: not used with --model RUN_DIR" in err
+
+
+def test_a_tie_is_not_a_correct_clean_answer():
+    """Attacks and certificates count a tie with another class as a break; clean accuracy counted it
+    as correct (argmax picks the first maximum), so 'robust' could exceed the clean figure's meaning."""
+    from certify.evaluation import evaluate
+
+    net = nn.Linear(2, 3).eval()
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.copy_(torch.tensor([1.0, 1.0, 0.0]))  # classes 0 and 1 tie everywhere
+    x, y = torch.rand(4, 2), torch.zeros(4, dtype=torch.long)
+    report = evaluate(net, (x, y), [0.0], ["ibp", "fgsm"], progress=False)
+    assert all(not r.clean_correct for r in report.records)
+    assert report.summary()[0]["clean"] == 0.0
