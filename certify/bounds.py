@@ -102,7 +102,7 @@ def margin_bounds(
 ) -> torch.Tensor:
     """Sound lower bounds ``(B, K-1)`` of ``z_y - z_j`` for every ``j != y`` (order of :func:`other_classes`).
 
-    For an ``nn.Sequential`` ending in ``nn.Linear`` (exact types, no forward hooks) the specification
+    For an ``nn.Sequential`` ending in ``nn.Linear`` (exact types, no hooks or patched forward) the specification
     is folded into that layer; any other model gets ``lower(z_y) - upper(z_j)`` (sound, looser). Inside
     :func:`intervals.rigorous` the folded weights ``W_y - W_j`` are formed as outward-rounded
     intervals, so the float differences cannot round the certificate into unsoundness.
@@ -133,11 +133,12 @@ def _ibp_margin_bounds(
 
     The fold reads the last layer's ``weight`` and ``bias`` and runs ``model[:-1]``, so it is taken
     only where that is what calling the model does: a plain ``nn.Sequential`` ending in a plain
-    ``nn.Linear`` (exact types: a subclass may override ``forward``), neither with forward hooks.
+    ``nn.Linear`` (exact types: a subclass may override ``forward``), neither with forward hooks or an
+    instance-level ``forward``.
     """
     foldable = type(model) is nn.Sequential and len(model) and type(model[-1]) is nn.Linear
-    hooked = foldable and (_crown.has_forward_hooks(model) or _crown.has_forward_hooks(model[-1]))
-    last = model[-1] if foldable and not hooked else None
+    altered = foldable and (_crown.alters_forward(model) or _crown.alters_forward(model[-1]))
+    last = model[-1] if foldable and not altered else None
     k = last.out_features if last is not None else None
     _check_labels(y, x.shape[0], k)
     box = Interval.linf_ball(x, eps, lo=lo, hi=hi)

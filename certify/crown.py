@@ -82,7 +82,7 @@ __all__ = [
     "UnsupportedLayer",
     "check_supported",
     "crown_bounds",
-    "has_forward_hooks",
+    "alters_forward",
 ]
 
 #: The CROWN variants: how ReLU pre-activation bounds are obtained.
@@ -146,28 +146,42 @@ class _Node:
     relax: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
-def has_forward_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs more than its ``forward``: forward (pre-)hooks on it, or global ones.
+def alters_forward(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs more than its class's ``forward``: forward (pre-)hooks on it or
+    global ones, or a ``forward`` assigned to the instance.
 
     Code that reads a layer's parameters instead of calling it (CROWN, the specification folded into a
-    last ``nn.Linear``) would bypass such hooks (``torch.nn.utils.prune`` masks weights in one), so it
+    last ``nn.Linear``) would bypass these (``torch.nn.utils.prune`` masks weights in a hook), so it
     must not take that shortcut.
     """
     from torch.nn.modules import module as module_mod
 
     return bool(
-        module._forward_hooks or module._forward_pre_hooks
+        module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module)
         or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks
     )
 
 
+def _check_no_inplace(nodes: list[_Node], where: str) -> None:
+    """Refuse in-place ReLUs inside a residual block: one there can overwrite the block's input before
+    the other branch reads it (``relu(x)`` instead of ``x``), which CROWN's out-of-place relaxation
+    does not model."""
+    for node in nodes:
+        if isinstance(node.layer, nn.ReLU) and node.layer.inplace:
+            raise UnsupportedLayer(
+                f"CROWN does not support nn.ReLU(inplace=True) inside a residual block (layer {node.name}, {where}): "
+                "it can overwrite the block's input that the other branch reads; use inplace=False",
+                "ReLU",
+            )
+
+
 def _walk(module: nn.Module, name: str) -> list[_Node]:
     """The nodes of ``module`` (named ``name``): nested ``nn.Sequential``s flattened, each layer checked."""
-    if has_forward_hooks(module):
+    if alters_forward(module):
         where = f"layer {name}" if name else "the model"
         raise UnsupportedLayer(
-            f"CROWN reads layers' parameters and would bypass the forward hooks on {where} "
-            f"({type(module).__name__}); remove them (e.g. torch.nn.utils.prune.remove) or use method='ibp'",
+            f"CROWN reads layers' parameters and would bypass the forward hooks or the instance-level forward of "
+            f"{where} ({type(module).__name__}); remove them (e.g. torch.nn.utils.prune.remove) or use method='ibp'",
             type(module).__name__,
         )
     if type(module) is nn.Sequential:
@@ -175,7 +189,9 @@ def _walk(module: nn.Module, name: str) -> list[_Node]:
         return [node for child, layer in module.named_children() for node in _walk(layer, prefix + child)]
     if type(module) is Residual:
         shortcut = [] if module.shortcut is None else _walk(module.shortcut, f"{name}.shortcut")
-        return [_Node(name, module, _walk(module.body, f"{name}.body"), shortcut)]
+        body = _walk(module.body, f"{name}.body")
+        _check_no_inplace(body + shortcut, f"residual block {name or 'at the top'}")
+        return [_Node(name, module, body, shortcut)]
     _check_layer(module, name)
     return [_Node(name, module)]
 
@@ -729,9 +745,10 @@ def _backward(
 def _intersect(
     lower: torch.Tensor, upper: torch.Tensor, ibp_lower: torch.Tensor, ibp_upper: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[lower, upper] ∩ [ibp_lower, ibp_upper]``; where rounding crosses them, the IBP bounds are kept."""
+    """``[lower, upper] ∩ [ibp_lower, ibp_upper]``; where rounding crosses them (or CROWN's are NaN, from
+    an infinite box), the IBP bounds are kept."""
     lo, up = torch.maximum(lower, ibp_lower), torch.minimum(upper, ibp_upper)
-    crossed = lo > up
+    crossed = ~(lo <= up)
     return torch.where(crossed, ibp_lower, lo), torch.where(crossed, ibp_upper, up)
 
 
@@ -834,9 +851,14 @@ class _Forward:
         lower, upper = h.lower, h.upper
         # IBP is exact for one affine map (and diagonal ones around it): CROWN would change nothing
         if self.method == "crown" and (self.seen_relu or self.mixing > 1):
+            ibp_lower, ibp_upper = lower, upper
             lower, upper = _tighten(path, self.box, lower, upper, self.budget, self.widest, self.conv_mode,
                                     self.intersect_intermediate)
-            h = Interval(lower, upper)
+            # CROWN's float bounds of a (nearly) fixed neuron can cross by rounding, and an infinite box
+            # makes them NaN (inf - inf): keep IBP's there
+            crossed = ~(lower <= upper)
+            lower, upper = torch.where(crossed, ibp_lower, lower), torch.where(crossed, ibp_upper, upper)
+            h = Interval._from_lu(lower, upper)
         node.relax = _relu_relaxation(lower, upper)
         self.seen_relu = True
         return h
@@ -940,14 +962,19 @@ def crown_bounds(
     if intersect:
         # interval bounds of spec · h, h the (tightened) IBP output box: centre/radius form
         flat = s_spec.reshape(b, s_spec.shape[1], -1)
-        c = torch.bmm(flat, h.center.reshape(b, -1, 1)).squeeze(-1)
-        r = torch.bmm(flat.abs(), h.radius.reshape(b, -1, 1)).squeeze(-1)
+        # an unbounded box can hold NaN in centre/radius form (0 * inf in a radius product, inf - inf in a
+        # centre): such a coordinate is unbounded, centre 0 and radius inf; the same NaN from a zero spec
+        # coefficient times an infinite radius is replaced by inf too (sound: its true share is 0)
+        unbounded = h.center.isnan() | h.radius.isnan()
+        hc, hr = h.center.masked_fill(unbounded, 0.0), h.radius.masked_fill(unbounded, math.inf)
+        c = torch.bmm(flat, hc.reshape(b, -1, 1)).squeeze(-1)
+        r = torch.bmm(flat.abs(), hr.reshape(b, -1, 1)).squeeze(-1).nan_to_num(nan=math.inf)
         if lower is not None and upper is not None:
             lower, upper = _intersect(lower, upper, c - r, c + r)
-        elif lower is not None:
-            lower = torch.maximum(lower, c - r)
+        elif lower is not None:  # fmax/fmin: a NaN CROWN bound (an infinite box) yields to the interval one
+            lower = torch.fmax(lower, c - r)
         elif upper is not None:
-            upper = torch.minimum(upper, c + r)
+            upper = torch.fmin(upper, c + r)
     if spec is None:
         lower = None if lower is None else lower.reshape(b, *out_shape)
         upper = None if upper is None else upper.reshape(b, *out_shape)

@@ -14,6 +14,7 @@ box to an output box (interval bound propagation). Functions without a rule rais
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,8 +111,9 @@ class Interval:
     """
 
     # _l/_u and _c/_r: the two representations, either may be None until derived from the other;
-    # _cr: whether centre/radius is the primary (given) one; _rig: derived values are outward-rounded.
-    __slots__ = ("_l", "_u", "_c", "_r", "_cr", "_rig", "__weakref__")
+    # _cr: whether centre/radius is the primary (given) one; _rig: derived values are outward-rounded;
+    # _alias: the list shared by Intervals whose tensors may share memory (views), see _assign_inplace.
+    __slots__ = ("_l", "_u", "_c", "_r", "_cr", "_rig", "_alias", "__weakref__")
 
     # ------------------------------------------------------------------ construction
     def __init__(self, lower: Any, upper: Any = None) -> None:
@@ -129,6 +131,7 @@ class Interval:
         self._l, self._u, self._c, self._r = lo, hi, None, None
         self._cr = False
         self._rig = rounding.is_rigorous()
+        self._alias = None
 
     @classmethod
     def _from_lu(cls, lower: torch.Tensor, upper: torch.Tensor) -> Interval:
@@ -137,6 +140,7 @@ class Interval:
         self._l, self._u, self._c, self._r = lower, upper, None, None
         self._cr = False
         self._rig = rounding.is_rigorous()
+        self._alias = None
         return self
 
     @classmethod
@@ -145,6 +149,7 @@ class Interval:
         self._l, self._u, self._c, self._r = None, None, center, radius
         self._cr = True
         self._rig = rounding.is_rigorous()
+        self._alias = None
         return self
 
     @classmethod
@@ -366,15 +371,52 @@ class Interval:
         return Interval._from_lu(torch.minimum(self.lower, olo), torch.maximum(self.upper, ohi))
 
     # ------------------------------------------------------------------ tensor plumbing
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Interval:
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], views: bool = True) -> Interval:
+        """``fn`` applied to every stored tensor; ``views``: the results may share memory with ours."""
         out = object.__new__(Interval)
         out._l, out._u, out._c, out._r = (None if t is None else fn(t) for t in (self._l, self._u, self._c, self._r))
-        out._cr, out._rig = self._cr, self._rig
+        out._cr, out._rig, out._alias = self._cr, self._rig, None
+        if views:
+            self._alias_with(out)
         return out
+
+    # ------------------------------------------------------------------ in-place semantics
+    def _alias_with(self, other: Interval) -> None:
+        """Record that ``other``'s tensors may share memory with this box's (a view, slice, detach...)."""
+        group = self._alias
+        if group is None:
+            group = self._alias = [weakref.ref(self)]
+        group[:] = [ref for ref in group if ref() is not None]
+        group.append(weakref.ref(other))
+        other._alias = group
+
+    def _assign_inplace(self, result: Interval, op: str) -> Interval:
+        """Make this box ``result``, in place, as torch's in-place form of ``op`` changes its tensor.
+
+        Everyone holding this object sees the new box, as everyone holding a tensor sees an in-place
+        change (the pre-activation residual block: ``relu_(x)`` before ``x`` is added back). A change
+        made in place would also reach every view of the tensor, and other Intervals never see this
+        one's change: an in-place op on a box that shares memory with another live box is refused.
+        """
+        if result is self:
+            return self
+        group = self._alias
+        if group is not None and any(ref() is not None and ref() is not self for ref in group):
+            raise UnsupportedOperation(
+                op, "in place on an Interval that shares memory with another one still in use (a view, slice, "
+                "reshape or detach): torch would change both; use the out-of-place form"
+            )
+        self._l, self._u, self._c, self._r = result._l, result._u, result._c, result._r
+        self._cr, self._rig, self._alias = result._cr, result._rig, None
+        if result._alias is not None:  # the result's tensors are views of another box's: so are ours now
+            result._alias_with(self)
+        return self
 
     def to(self, *args: Any, **kwargs: Any) -> Interval:
         """Move/cast like ``Tensor.to``. Casting to a narrower dtype rounds outward in rigorous mode."""
         out = Interval._from_lu(self.lower.to(*args, **kwargs), self.upper.to(*args, **kwargs))
+        if out._l is self.lower and out._u is self.upper:
+            return self  # nothing to convert: torch returns the tensor itself, so the same box
         if rounding.is_rigorous() and out.dtype != self.dtype and out.dtype.is_floating_point:
             lo, hi = rounding.cast_outward(self.lower.to(torch.float64), self.upper.to(torch.float64), out.dtype)
             out = Interval._from_lu(lo.to(out.device), hi.to(out.device))
@@ -399,7 +441,7 @@ class Interval:
         return self._apply(torch.Tensor.detach)
 
     def clone(self) -> Interval:
-        return self._apply(torch.Tensor.clone)
+        return self._apply(torch.Tensor.clone, views=False)
 
     def requires_grad_(self, requires_grad: bool = True) -> Interval:
         """Make the stored endpoint tensors leaves that require grad."""
@@ -513,6 +555,19 @@ for _name, _fn in (
     setattr(Interval, _name, _reflected(_fn))
 
 Interval.__pos__ = lambda self: self  # type: ignore[attr-defined]
+
+
+def _in_place(func: Any, name: str) -> Callable[[Interval, Any], Interval]:
+    def method(self: Interval, other: Any) -> Interval:
+        return self._assign_inplace(Interval.__torch_function__(func, (Interval,), (self, other), None), name)
+
+    method.__name__ = name
+    return method
+
+
+for _name, _fn in (("__iadd__", torch.Tensor.add), ("__isub__", torch.Tensor.sub), ("__imul__", torch.Tensor.mul),
+                   ("__itruediv__", torch.Tensor.div)):
+    setattr(Interval, _name, _in_place(_fn, f"Tensor.{_name}"))
 
 
 def bind_tensor_methods() -> None:

@@ -273,3 +273,64 @@ def test_a_tie_is_not_a_correct_clean_answer():
     report = evaluate(net, (x, y), [0.0], ["ibp", "fgsm"], progress=False)
     assert all(not r.clean_correct for r in report.records)
     assert report.summary()[0]["clean"] == 0.0
+
+
+# ---------------------------------------------------------------------------- CROWN (a second review)
+def test_crown_refuses_a_layer_whose_forward_was_replaced_on_the_instance():
+    """``layer.forward = ...`` keeps the type and adds no hook; CROWN read the weights and missed it
+    (a violation of 0.37), and the fold into a last Linear would too."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    net[2].forward = lambda x: nn.Linear.forward(net[2], x) * 3
+    x, y = torch.rand(4, 2), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(UnsupportedLayer, match="instance-level forward of layer 2"):
+        margin_bounds(net, x, y, 0.05, method="crown")
+    lower = margin_bounds(net, x, y, 0.05)  # IBP calls the model, so the tripled layer is bounded
+    with torch.no_grad():
+        z = net(x)
+    assert (lower[:, 0] <= z[:, 0] - z[:, 1] + 1e-6).all()
+
+
+def test_crown_refuses_an_inplace_relu_inside_a_residual_block():
+    """The block's input is overwritten before the shortcut reads it; CROWN models ``x`` there."""
+    from certify.models import Residual
+
+    net = nn.Sequential(nn.Linear(2, 2), Residual(nn.Sequential(nn.ReLU(inplace=True), nn.Linear(2, 2))),
+                        nn.Linear(2, 2)).eval()
+    with pytest.raises(UnsupportedLayer, match=r"ReLU\(inplace=True\) inside a residual block \(layer 1.body.0"):
+        margin_bounds(net, torch.rand(3, 2), torch.zeros(3, dtype=torch.long), 0.1, method="crown-ibp")
+
+
+def test_crown_keeps_interval_bounds_where_its_own_float32_bounds_cross():
+    """Inputs near 1e3, eps 1e-4 and biases cancelling ``W x``: CROWN's float32 bounds of a nearly fixed
+    neuron crossed by rounding, and building the intermediate box raised ``lower > upper``."""
+    from certify.crown import crown_bounds
+    from intervals import Interval
+
+    torch.manual_seed(0)
+    for _ in range(40):
+        x = torch.randn(1, 8) * 1e3
+        l1, l2, l3 = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+        with torch.no_grad():
+            l1.bias.copy_(-(x @ l1.weight.T)[0] + torch.randn(16) * 1e-4)
+            l2.bias.copy_(-(torch.relu(l1(x)) @ l2.weight.T)[0])
+        net = nn.Sequential(l1, nn.ReLU(), l2, nn.ReLU(), l3).eval()
+        box = Interval.linf_ball(x, 1e-4)
+        lower, upper = crown_bounds(net, box, method="crown")
+        ibp = net(box)
+        assert (lower >= ibp.lower).all() and (upper <= ibp.upper).all()  # never looser than IBP
+
+
+@pytest.mark.parametrize("method", ["crown", "crown-ibp"])
+def test_crown_of_an_unbounded_box_is_the_interval_answer_not_nan(method):
+    from certify.crown import crown_bounds
+    from intervals import Interval
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    with torch.no_grad():
+        net[0].weight[0, 0] = 0.0  # 0 * inf in a radius product
+    box = Interval.linf_ball(torch.zeros(1, 3, dtype=torch.float64), float("inf"))
+    lower, upper = crown_bounds(net, box, method=method)
+    assert not lower.isnan().any() and not upper.isnan().any()
+    assert (lower == -float("inf")).all() and (upper == float("inf")).all()

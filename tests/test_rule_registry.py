@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -82,7 +82,7 @@ def _register(names: list[str], cases: list[Case]) -> None:
 
 
 _register(
-    ["torch.add", "Tensor.add", "Tensor.__add__", "Tensor.__iadd__"],
+    ["torch.add", "Tensor.add", "Tensor.__add__"],
     [
         case(lambda f, x, k: f(x, k(A34))),
         case(lambda f, x, k: f(x, 2.5)),
@@ -93,20 +93,20 @@ _register(["torch.add", "Tensor.add"], [case(lambda f, x, k: f(x, k(A34), alpha=
 _register(["torch.add"], [case(lambda f, x, k: f(k(A34), x))])
 _register(["Tensor.__radd__"], [case(lambda f, x, k: f(x, 2.5)), case(lambda f, x, k: f(x, k(A34)))])
 _register(
-    ["torch.sub", "torch.subtract", "Tensor.sub", "Tensor.subtract", "Tensor.__sub__", "Tensor.__isub__"],
+    ["torch.sub", "torch.subtract", "Tensor.sub", "Tensor.subtract", "Tensor.__sub__"],
     [case(lambda f, x, k: f(x, k(A34))), case(lambda f, x, k: f(x, -1.25)), case(lambda f, x, k: f(x, _derived(x)))],
 )
 _register(["torch.sub", "torch.subtract"], [case(lambda f, x, k: f(k(A34), x, alpha=2.0))])
 _register(["Tensor.__rsub__", "torch.rsub"], [case(lambda f, x, k: f(x, 2.5)), case(lambda f, x, k: f(x, k(A34)))])
 _register(
-    ["torch.mul", "torch.multiply", "Tensor.mul", "Tensor.multiply", "Tensor.__mul__", "Tensor.__imul__"],
+    ["torch.mul", "torch.multiply", "Tensor.mul", "Tensor.multiply", "Tensor.__mul__"],
     [case(lambda f, x, k: f(x, k(A34))), case(lambda f, x, k: f(x, -0.75)), case(lambda f, x, k: f(x, x - 1.0))],
 )
 _register(["torch.mul", "torch.multiply"], [case(lambda f, x, k: f(k(A34), x))])
 _register(["Tensor.__rmul__"], [case(lambda f, x, k: f(x, -0.75)), case(lambda f, x, k: f(x, k(A34)))])
 _register(
     ["torch.div", "torch.divide", "torch.true_divide", "Tensor.div", "Tensor.divide", "Tensor.true_divide",
-     "Tensor.__truediv__", "Tensor.__idiv__"],
+     "Tensor.__truediv__"],
     [
         case(lambda f, x, k: f(x, k(POS34))),
         case(lambda f, x, k: f(x, -3.0)),
@@ -211,7 +211,18 @@ _register(
     ["torch.nn.functional.hardtanh"],
     [case(lambda f, x, k: f(x)), case(lambda f, x, k: f(x, -0.5, 0.75))],
 )
-# In-place functional forms: give the point a private copy (the box rule returns a new box).
+# In-place forms change their receiver (a box as a tensor): each gets a private copy, with the cases of
+# the out-of-place form (in-place semantics and aliasing: tests/test_in_place.py).
+def _on_a_copy(cases: list[Case]) -> list[Case]:
+    return [replace(c, call=lambda f, x, k, _call=c.call: _call(f, x.clone(), k)) for c in cases]
+
+
+for _out_of_place, _in_place in (("Tensor.__add__", ["Tensor.__iadd__", "Tensor.add_"]),
+                                 ("Tensor.__sub__", ["Tensor.__isub__", "Tensor.sub_"]),
+                                 ("Tensor.__mul__", ["Tensor.__imul__", "Tensor.mul_"]),
+                                 ("Tensor.__truediv__", ["Tensor.__idiv__", "Tensor.div_"])):
+    _register(_in_place, _on_a_copy(ARITH[_out_of_place]))
+_register(["Tensor.add_", "Tensor.sub_"], _on_a_copy([case(lambda f, x, k: f(x, k(A34), alpha=-1.5))]))
 _register(["torch.nn.functional.hardtanh_"], [case(lambda f, x, k: f(x.clone(), -0.5, 0.75))])
 # torch's own GELU (float64 included) computes 1 + erf / 1 + tanh, which cancels for x < -2: the
 # points' values come from the cancellation-free forms instead.

@@ -32,6 +32,12 @@ def is_iv(x: Any) -> bool:
     return isinstance(x, Interval)
 
 
+def maybe_in_place(x: Interval, result: Interval, inplace: bool, name: str) -> Interval:
+    """``result``, or with ``inplace=True`` (``nn.ReLU(inplace=True)`` ...) ``x`` made ``result`` in place,
+    as torch changes the tensor (see :meth:`Interval._assign_inplace`)."""
+    return x._assign_inplace(result, name) if inplace else result
+
+
 def endpoints(x: Any) -> tuple[Any, Any]:
     """``(lower, upper)`` of an Interval; ``(x, x)`` for a tensor or a number."""
     if isinstance(x, Interval):

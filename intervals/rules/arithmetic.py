@@ -16,7 +16,7 @@ import torch
 
 from .. import rounding
 from ..errors import IntervalError, UnsupportedOperation, check_no_nan
-from ..registry import implements
+from ..registry import func_name, implements
 from ._common import Interval, endpoints, is_iv
 
 _T = torch.Tensor
@@ -187,12 +187,31 @@ def reciprocal(a: Interval) -> Interval:
     return div(1.0, a)
 
 
-implements(torch.add, _T.add, _T.__add__, _T.__radd__, _T.__iadd__)(add)
-implements(torch.sub, torch.subtract, _T.sub, _T.subtract, _T.__sub__, _T.__isub__)(sub)
-implements(torch.mul, torch.multiply, _T.mul, _T.multiply, _T.__mul__, _T.__rmul__, _T.__imul__)(mul)
-implements(
-    torch.div, torch.divide, torch.true_divide, _T.div, _T.divide, _T.true_divide, _T.__truediv__, _T.__itruediv__
-)(div)
+implements(torch.add, _T.add, _T.__add__, _T.__radd__)(add)
+implements(torch.sub, torch.subtract, _T.sub, _T.subtract, _T.__sub__)(sub)
+implements(torch.mul, torch.multiply, _T.mul, _T.multiply, _T.__mul__, _T.__rmul__)(mul)
+implements(torch.div, torch.divide, torch.true_divide, _T.div, _T.divide, _T.true_divide, _T.__truediv__)(div)
+
+
+def _augmented(rule: Any, name: str):
+    """``a op= b`` for ``Tensor.__iadd__`` and friends: in place on a box (its holders see the change);
+    a tensor cannot become a box in place, so ``t += box`` is refused rather than rebinding ``t``
+    (other holders of the tensor would keep its old values). The refusal is an ``IntervalError``:
+    torch turns a ``TypeError`` from an in-place operator into Python's fallback ``t = t + box``."""
+
+    def augmented(a: Any, b: Any, *args: Any, **kwargs: Any) -> Interval:
+        if is_iv(a):
+            return a._assign_inplace(rule(a, b, *args, **kwargs), name)
+        raise IntervalError(f"{name}: a tensor cannot hold an Interval in place; write t = t + box")
+
+    return augmented
+
+
+# ``t += x`` reaches __torch_function__ as Tensor.add_ (the others likewise)
+for _fs, _rule in (((_T.__iadd__, _T.add_), add), ((_T.__isub__, _T.sub_), sub), ((_T.__imul__, _T.mul_), mul),
+                   ((_T.__itruediv__, _T.div_), div)):
+    for _f in _fs:
+        implements(_f)(_augmented(_rule, func_name(_f)))
 implements(torch.neg, torch.negative, _T.neg, _T.negative, _T.__neg__)(neg)
 implements(torch.reciprocal, _T.reciprocal)(reciprocal)
 

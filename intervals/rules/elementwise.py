@@ -28,7 +28,15 @@ from .. import ops, rounding
 from ..errors import IntervalError, UnsupportedOperation
 from ..registry import implements
 from . import _common
-from ._common import Interval, PointBounds, decreasing, increasing, piecewise_candidates, require_domain
+from ._common import (
+    Interval,
+    PointBounds,
+    decreasing,
+    increasing,
+    maybe_in_place,
+    piecewise_candidates,
+    require_domain,
+)
 from .arithmetic import clamp
 
 _T = torch.Tensor
@@ -143,8 +151,10 @@ def _relu(x: Interval, inplace: bool = False) -> Interval:
     # The hot path of IBP: a box fresh from a linear layer stays in centre/radius form through the
     # fused op. ReLU is exact in floating point, so rigorous mode needs no outward step.
     if x._l is None and not rounding.is_rigorous():
-        return Interval._from_cr(*ops.fast_interval_relu(x._c, x._r))
-    return Interval._from_lu(torch.relu(x.lower), torch.relu(x.upper))
+        out = Interval._from_cr(*ops.fast_interval_relu(x._c, x._r))
+    else:
+        out = Interval._from_lu(torch.relu(x.lower), torch.relu(x.upper))
+    return maybe_in_place(x, out, inplace, "torch.nn.functional.relu")
 _register_increasing(F.logsigmoid, F.logsigmoid)
 def _softsign(t: torch.Tensor) -> torch.Tensor:
     # torch evaluates softsign(+-inf) as inf / inf = NaN; the limits are +-1
@@ -200,8 +210,8 @@ def _pow_scalar(x: Interval, p: float) -> Interval:
     if p == 0:
         one = torch.ones_like(x.lower)
         return Interval._from_lu(one, one)
-    if p == 1:
-        return x
+    if p == 1:  # a new box, as torch returns a new tensor (sharing tensors is fine: boxes never write them)
+        return x._apply(lambda t: t, views=False)
     fn = lambda t: torch.pow(t, p)  # noqa: E731
     if float(p).is_integer():
         n = int(p)
@@ -249,27 +259,25 @@ def _square(x: Interval) -> Interval:
 @implements(F.leaky_relu, _T.leaky_relu if hasattr(_T, "leaky_relu") else None)
 def _leaky_relu(x: Interval, negative_slope: float = 0.01, inplace: bool = False) -> Interval:
     fn = lambda t: F.leaky_relu(t, negative_slope)  # noqa: E731
-    if negative_slope >= 0:
-        return increasing(fn, x)
-    return piecewise_candidates(fn, x, [0.0])
+    out = increasing(fn, x) if negative_slope >= 0 else piecewise_candidates(fn, x, [0.0])
+    return maybe_in_place(x, out, inplace, "torch.nn.functional.leaky_relu")
 
 
 @implements(F.elu)
 def _elu(x: Interval, alpha: float = 1.0, inplace: bool = False) -> Interval:
     fn = lambda t: F.elu(t, alpha)  # noqa: E731
-    if alpha >= 0:
-        return increasing(fn, x)
-    return piecewise_candidates(fn, x, [0.0])
+    out = increasing(fn, x) if alpha >= 0 else piecewise_candidates(fn, x, [0.0])
+    return maybe_in_place(x, out, inplace, "torch.nn.functional.elu")
 
 
 @implements(F.celu)
 def _celu(x: Interval, alpha: float = 1.0, inplace: bool = False) -> Interval:
-    return increasing(lambda t: F.celu(t, alpha), x)
+    return maybe_in_place(x, increasing(lambda t: F.celu(t, alpha), x), inplace, "torch.nn.functional.celu")
 
 
 @implements(F.selu)
 def _selu(x: Interval, inplace: bool = False) -> Interval:
-    return increasing(F.selu, x)
+    return maybe_in_place(x, increasing(F.selu, x), inplace, "torch.nn.functional.selu")
 
 
 @implements(F.softplus)
@@ -311,19 +319,24 @@ def _softplus(x: Interval, beta: float = 1.0, threshold: float = 20.0) -> Interv
     return Interval._from_lu(lower, upper)
 
 
-@implements(F.hardtanh, F.hardtanh_ if hasattr(F, "hardtanh_") else None)
+@implements(F.hardtanh)
 def _hardtanh(x: Interval, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Interval:
-    return clamp(x, min_val, max_val)
+    return maybe_in_place(x, clamp(x, min_val, max_val), inplace, "torch.nn.functional.hardtanh")
+
+
+@implements(F.hardtanh_)
+def _hardtanh_(x: Interval, min_val: float = -1.0, max_val: float = 1.0) -> Interval:
+    return _hardtanh(x, min_val, max_val, inplace=True)
 
 
 @implements(F.relu6)
 def _relu6(x: Interval, inplace: bool = False) -> Interval:
-    return clamp(x, 0.0, 6.0)
+    return maybe_in_place(x, clamp(x, 0.0, 6.0), inplace, "torch.nn.functional.relu6")
 
 
 @implements(F.hardsigmoid)
 def _hardsigmoid(x: Interval, inplace: bool = False) -> Interval:
-    return increasing(F.hardsigmoid, x)
+    return maybe_in_place(x, increasing(F.hardsigmoid, x), inplace, "torch.nn.functional.hardsigmoid")
 
 
 # ---------------------------------------------------------------------------- unimodal activations
@@ -424,4 +437,4 @@ def _gelu(x: Interval, approximate: str = "none") -> Interval:
 
 @implements(F.silu)
 def _silu_rule(x: Interval, inplace: bool = False) -> Interval:
-    return unimodal(F.silu, x, *SILU_MIN, bounds=_silu_bounds)
+    return maybe_in_place(x, unimodal(F.silu, x, *SILU_MIN, bounds=_silu_bounds), inplace, "torch.nn.functional.silu")

@@ -19,11 +19,19 @@ from ._common import Interval, endpoints
 _T = torch.Tensor
 
 
-def _elementwise_structural(func: Any):
+def _elementwise_structural(func: Any, views: bool = True):
     def rule(x: Interval, *args: Any, **kwargs: Any) -> Interval:
-        return x._apply(lambda t: func(t, *args, **kwargs))
+        return x._apply(lambda t: func(t, *args, **kwargs), views)
 
     return rule
+
+
+# These always copy: their results share no memory with the input (the others may be views).
+_COPYING = {
+    torch.flip, _T.flip, torch.roll, _T.roll, _T.repeat, torch.clone, _T.clone, torch.tile, _T.tile,
+    torch.index_select, _T.index_select, torch.gather, _T.gather, torch.take_along_dim, _T.take_along_dim,
+    torch.fliplr, torch.flipud, torch.repeat_interleave, _T.repeat_interleave,
+}
 
 
 # Each spelling is registered with *its own* callable: ``Tensor.permute(1, 0)`` takes varargs but
@@ -40,7 +48,7 @@ for _f in (
     _T.take_along_dim, torch.fliplr, torch.flipud, torch.diagonal, _T.diagonal,
     torch.repeat_interleave, _T.repeat_interleave,
 ):
-    implements(_f)(_elementwise_structural(_f))
+    implements(_f)(_elementwise_structural(_f, views=_f not in _COPYING))
 
 
 @implements(_T.expand_as)
@@ -61,7 +69,10 @@ def _reshape_as(x: Interval, other: Any) -> Interval:
 def _split_like(func: Any):
     def rule(x: Interval, *args: Any, **kwargs: Any) -> tuple[Interval, ...]:
         los, his = func(x.lower, *args, **kwargs), func(x.upper, *args, **kwargs)
-        return tuple(Interval._from_lu(a, b) for a, b in zip(los, his, strict=True))
+        parts = tuple(Interval._from_lu(a, b) for a, b in zip(los, his, strict=True))
+        for part in parts:  # views of the box's endpoints
+            x._alias_with(part)
+        return parts
 
     return rule
 
