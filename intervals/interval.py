@@ -386,7 +386,8 @@ class Interval:
         group = self._alias
         if group is None:
             group = self._alias = [weakref.ref(self)]
-        group[:] = [ref for ref in group if ref() is not None]
+        if len(group) >= 8 and not len(group) & (len(group) - 1):  # dead views dropped at powers of two
+            group[:] = [ref for ref in group if ref() is not None]
         group.append(weakref.ref(other))
         other._alias = group
 
