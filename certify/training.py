@@ -240,12 +240,15 @@ class TrainConfig:
 
 
 def _relu_trace(model: nn.Sequential, box: Interval) -> tuple[Interval, list[Interval]]:
-    """The box before ``model``'s last layer, and the pre-activation box of every ReLU on the way."""
+    """The box before ``model``'s last layer, and the pre-activation box of every ReLU on the way.
+
+    The recorded boxes are copies: an ``nn.ReLU(inplace=True)`` changes its input box in place.
+    """
     relu_inputs: list[Interval] = []
-    h = box
+    h = copy.copy(box)
     for layer in model[:-1]:
         if isinstance(layer, nn.ReLU):
-            relu_inputs.append(h)
+            relu_inputs.append(copy.copy(h))
         h = layer(h)
     return h, relu_inputs
 

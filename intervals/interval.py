@@ -444,6 +444,11 @@ class Interval:
     def clone(self) -> Interval:
         return self._apply(torch.Tensor.clone, views=False)
 
+    def __copy__(self) -> Interval:
+        """An independent box with the same bounds, sharing the (never written) tensors: ``copy.copy(box)``
+        keeps a box's current value when the box itself may later change in place."""
+        return self._apply(lambda t: t, views=False)
+
     def requires_grad_(self, requires_grad: bool = True) -> Interval:
         """Make the stored endpoint tensors leaves that require grad."""
         for t in (self._l, self._u, self._c, self._r):

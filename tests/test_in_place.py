@@ -130,3 +130,23 @@ def test_a_conversion_that_changes_nothing_returns_the_same_box():
     x = Interval.point(torch.ones(2))
     assert x.to(torch.float32) is x  # as torch returns the tensor itself
     assert x.to(D) is not x
+
+
+def test_the_certified_training_trace_records_pre_activation_boxes_under_inplace_relus():
+    """The warm-up regulariser reads every ReLU's input box; an in-place ReLU changed the recorded box
+    into its output (all lower bounds clipped at 0) before the copy was taken."""
+    from certify.training import _relu_trace
+
+    torch.manual_seed(0)
+    inplace = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 6), nn.ReLU(inplace=True),
+                            nn.Linear(6, 2))
+    plain = nn.Sequential(*[nn.ReLU() if isinstance(m, nn.ReLU) else m for m in inplace])
+    box = Interval.linf_ball(torch.rand(3, 4), 0.5)
+    before = (box.lower.clone(), box.upper.clone())
+    out_a, pre_a = _relu_trace(inplace, box)
+    out_b, pre_b = _relu_trace(plain, box)
+    for a, b in zip(pre_a + [out_a], pre_b + [out_b], strict=True):
+        torch.testing.assert_close(a.lower, b.lower)
+        torch.testing.assert_close(a.upper, b.upper)
+    assert (pre_a[0].lower < 0).any()  # a pre-activation box, not a ReLU output
+    torch.testing.assert_close(box.lower, before[0])  # the input box is untouched

@@ -16,6 +16,7 @@ rounded (``+ - * /``, stepped one ulp outward) or libm calls on arguments where 
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from collections.abc import Callable
@@ -211,7 +212,7 @@ def _pow_scalar(x: Interval, p: float) -> Interval:
         one = torch.ones_like(x.lower)
         return Interval._from_lu(one, one)
     if p == 1:  # a new box, as torch returns a new tensor (sharing tensors is fine: boxes never write them)
-        return x._apply(lambda t: t, views=False)
+        return copy.copy(x)
     fn = lambda t: torch.pow(t, p)  # noqa: E731
     if float(p).is_integer():
         n = int(p)
