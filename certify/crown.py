@@ -63,6 +63,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -947,7 +948,9 @@ def crown_bounds(
     nodes = _layers(model)
     _prime_allocator(box.device)
     forward = _Forward(box, method, budget, conv_mode, intersect_intermediate, widest=math.prod(box.shape[1:]))
-    h = forward.run(nodes, box, [])
+    # a copy: a top-level nn.ReLU(inplace=True) changes its input box in place, and the backward pass
+    # concretises over the input box
+    h = forward.run(nodes, copy.copy(box), [])
     b = box.shape[0]
     out_shape = h.shape[1:]
     n_out = math.prod(out_shape)

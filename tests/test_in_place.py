@@ -150,3 +150,20 @@ def test_the_certified_training_trace_records_pre_activation_boxes_under_inplace
         torch.testing.assert_close(a.upper, b.upper)
     assert (pre_a[0].lower < 0).any()  # a pre-activation box, not a ReLU output
     torch.testing.assert_close(box.lower, before[0])  # the input box is untouched
+
+
+@pytest.mark.parametrize("method", ["crown", "crown-ibp"])
+def test_crown_concretises_over_the_input_box_when_the_first_layer_is_an_inplace_relu(method):
+    """The in-place ReLU changed CROWN's own input box into relu(box) before the backward pass used it."""
+    from certify.crown import crown_bounds
+
+    torch.manual_seed(0)
+    layers = [nn.Identity(), nn.ReLU(inplace=True), nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)]
+    net = nn.Sequential(*layers).to(D).eval()
+    box = Interval.linf_ball(torch.zeros(1, 3, dtype=D), 1.0)
+    lower, upper = crown_bounds(net, box, method=method)
+    torch.testing.assert_close(box.lower, -torch.ones(1, 3, dtype=D))
+    plain = nn.Sequential(*[nn.ReLU() if isinstance(m, nn.ReLU) else m for m in layers]).to(D).eval()
+    expect = crown_bounds(plain, Interval.linf_ball(torch.zeros(1, 3, dtype=D), 1.0), method=method)
+    torch.testing.assert_close(lower, expect[0])
+    torch.testing.assert_close(upper, expect[1])
