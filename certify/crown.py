@@ -63,7 +63,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
@@ -950,7 +949,7 @@ def crown_bounds(
     forward = _Forward(box, method, budget, conv_mode, intersect_intermediate, widest=math.prod(box.shape[1:]))
     # a copy: a top-level nn.ReLU(inplace=True) changes its input box in place, and the backward pass
     # concretises over the input box
-    h = forward.run(nodes, copy.copy(box), [])
+    h = forward.run(nodes, box.snapshot(), [])
     b = box.shape[0]
     out_shape = h.shape[1:]
     n_out = math.prod(out_shape)

@@ -245,10 +245,10 @@ def _relu_trace(model: nn.Sequential, box: Interval) -> tuple[Interval, list[Int
     The recorded boxes are copies: an ``nn.ReLU(inplace=True)`` changes its input box in place.
     """
     relu_inputs: list[Interval] = []
-    h = copy.copy(box)
+    h = box.snapshot()
     for layer in model[:-1]:
         if isinstance(layer, nn.ReLU):
-            relu_inputs.append(copy.copy(h))
+            relu_inputs.append(h.snapshot())
         h = layer(h)
     return h, relu_inputs
 

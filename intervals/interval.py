@@ -401,6 +401,11 @@ class Interval:
         """
         if result is self:
             return self
+        if result.shape != self.shape:  # as torch: an in-place result cannot grow its tensor
+            raise IntervalError(f"{op}: the result's shape {tuple(result.shape)} does not fit the box's "
+                                f"{tuple(self.shape)} (in place, broadcasting may not grow the left operand)")
+        if result.dtype != self.dtype:  # as torch: the result is cast back to the left operand's dtype
+            result = result.to(self.dtype)
         group = self._alias
         if group is not None and any(ref() is not None and ref() is not self for ref in group):
             raise UnsupportedOperation(
@@ -418,6 +423,9 @@ class Interval:
         out = Interval._from_lu(self.lower.to(*args, **kwargs), self.upper.to(*args, **kwargs))
         if out._l is self.lower and out._u is self.upper:
             return self  # nothing to convert: torch returns the tensor itself, so the same box
+        if not out.dtype.is_floating_point:
+            # float -> integer wraps out of range and float -> bool maps 0 to False: not monotone
+            raise UnsupportedOperation("Tensor.to", f"casting a box to {out.dtype} is not monotone; stay in floats")
         if rounding.is_rigorous() and out.dtype != self.dtype and out.dtype.is_floating_point:
             lo, hi = rounding.cast_outward(self.lower.to(torch.float64), self.upper.to(torch.float64), out.dtype)
             out = Interval._from_lu(lo.to(out.device), hi.to(out.device))
@@ -445,8 +453,20 @@ class Interval:
         return self._apply(torch.Tensor.clone, views=False)
 
     def __copy__(self) -> Interval:
-        """An independent box with the same bounds, sharing the (never written) tensors: ``copy.copy(box)``
-        keeps a box's current value when the box itself may later change in place."""
+        # copy.copy of a tensor shares its storage: an in-place change to either reaches the other
+        return self._apply(lambda t: t)
+
+    def snapshot(self) -> Interval:
+        """An independent box with the same bounds, which later in-place changes to this box (an
+        ``nn.ReLU(inplace=True)``) do not reach. Copies no tensor: boxes never write their tensors.
+
+        Example:
+            >>> box = Interval(torch.tensor([-1.0]), torch.tensor([1.0]))
+            >>> before = box.snapshot()
+            >>> _ = torch.nn.functional.relu(box, inplace=True)
+            >>> before.lower, box.lower
+            (tensor([-1.]), tensor([0.]))
+        """
         return self._apply(lambda t: t, views=False)
 
     def requires_grad_(self, requires_grad: bool = True) -> Interval:
@@ -572,7 +592,7 @@ def _in_place(func: Any, name: str) -> Callable[[Interval, Any], Interval]:
 
 
 for _name, _fn in (("__iadd__", torch.Tensor.add), ("__isub__", torch.Tensor.sub), ("__imul__", torch.Tensor.mul),
-                   ("__itruediv__", torch.Tensor.div)):
+                   ("__itruediv__", torch.Tensor.div), ("__ipow__", torch.Tensor.pow)):
     setattr(Interval, _name, _in_place(_fn, f"Tensor.{_name}"))
 
 

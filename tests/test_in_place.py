@@ -167,3 +167,48 @@ def test_crown_concretises_over_the_input_box_when_the_first_layer_is_an_inplace
     expect = crown_bounds(plain, Interval.linf_ball(torch.zeros(1, 3, dtype=D), 1.0), method=method)
     torch.testing.assert_close(lower, expect[0])
     torch.testing.assert_close(upper, expect[1])
+
+
+# ---------------------------------------------------------------------------- a second review's findings
+def test_power_assignment_changes_the_box_every_holder_sees():
+    """``x **= 2`` fell back to ``x = x ** 2``: a holder of the old box kept the old values (torch: pow_)."""
+    x = Interval(torch.tensor([-1.0, 2.0]), torch.tensor([1.0, 3.0]))
+    identity = x
+    x **= 2
+    assert identity is x
+    torch.testing.assert_close(identity.lower, torch.tensor([0.0, 4.0]))
+    torch.testing.assert_close(x.pow_(0.5).upper, torch.tensor([1.0, 3.0]))
+    t = torch.ones(2)
+    with pytest.raises(IntervalError, match="cannot hold an Interval in place"):
+        t.pow_(Interval.point(torch.ones(2)))
+
+
+def test_in_place_results_keep_the_left_operands_dtype_as_torch_does():
+    """torch rounds an in-place result back to the receiver's dtype; the box had switched to float64
+    and held ``1 + 1e-9`` where the float32 network computes exactly 1."""
+    x = Interval.point(torch.ones(2))
+    x += torch.full((2,), 1e-9, dtype=D)
+    t = torch.ones(2)
+    t += torch.full((2,), 1e-9, dtype=D)
+    assert x.dtype == torch.float32
+    assert bool(x.contains(t).all())
+
+
+def test_an_in_place_result_may_not_grow_the_box():
+    x = Interval.point(torch.ones(2))
+    with pytest.raises(IntervalError, match=r"shape \(3, 2\) does not fit the box's \(2,\)"):
+        x += torch.zeros(3, 2)
+    with pytest.raises(RuntimeError):  # torch refuses the same
+        torch.ones(2).add_(torch.zeros(3, 2))
+
+
+def test_copy_copy_shares_as_a_tensors_copy_does():
+    import copy
+
+    x = Interval(-torch.ones(2), torch.ones(2))
+    y = copy.copy(x)
+    with pytest.raises(UnsupportedOperation, match="shares memory"):
+        y += 1.0  # torch would change x as well
+    z = x.snapshot()
+    z += 1.0  # an independent box
+    torch.testing.assert_close(x.lower, -torch.ones(2))

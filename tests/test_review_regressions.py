@@ -252,3 +252,35 @@ def test_every_registered_tensor_method_is_a_box_method_and_others_name_themselv
     assert not hasattr(box, "sort")  # still an AttributeError for duck-typing code
     with pytest.raises(AttributeError, match="no_such_thing"):
         box.no_such_thing  # noqa: B018
+
+
+# ---------------------------------------------------------------------------- casts and promotion (a core review)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.bool])
+def test_casting_a_box_to_a_non_float_dtype_is_refused(dtype):
+    """Endpoint by endpoint, float -> uint8 turned [-1, 1] into [255, 1] and -> bool [-1, 1] into
+    [True, True] although 0.0 maps to False: these casts are not monotone."""
+    box = Interval(torch.tensor([-1.0]), torch.tensor([1.0]))
+    with pytest.raises(UnsupportedOperation, match=f"casting a box to {dtype}"):
+        box.to(dtype)
+    with pytest.raises(UnsupportedOperation):
+        box.sum(dtype=dtype)
+
+
+def test_viewing_a_box_as_another_dtype_is_refused():
+    box = Interval(torch.tensor([-1.0, 0.5]), torch.tensor([1.0, 2.0]))
+    with pytest.raises(UnsupportedOperation, match="reinterpreting a box's bits as torch.int32"):
+        box.view(torch.int32)
+    assert box.view(torch.float32).shape == (2,) and box.view(2, 1).shape == (2, 1)
+
+
+def test_a_one_element_float64_exponent_promotes_as_in_torch():
+    """torch computes ``x ** tensor([0.5], float64)`` in float64; the rule took ``.item()`` and stayed in
+    float32, so ``(x ** e - 1.4142135) * 1e8`` on [2, 2] gave [0, 0] against torch's 6.24."""
+    x = torch.full((1,), 2.0)
+    e = torch.tensor([0.5], dtype=torch.float64)
+    want, got = x ** e, Interval.point(x) ** e
+    assert got.dtype == want.dtype == torch.float64
+    # default mode: within an ulp of torch's float64 pow (the float32 result was 2.4e-8 off)
+    torch.testing.assert_close(got.lower, want, rtol=4e-16, atol=0)
+    torch.testing.assert_close(got.upper, want, rtol=4e-16, atol=0)
+    assert (Interval.point(x) ** torch.tensor(0.5, dtype=torch.float64)).dtype == torch.float32  # 0-dim: no

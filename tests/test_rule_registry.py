@@ -223,6 +223,8 @@ for _out_of_place, _in_place in (("Tensor.__add__", ["Tensor.__iadd__", "Tensor.
                                  ("Tensor.__truediv__", ["Tensor.__idiv__", "Tensor.div_"])):
     _register(_in_place, _on_a_copy(ARITH[_out_of_place]))
 _register(["Tensor.add_", "Tensor.sub_"], _on_a_copy([case(lambda f, x, k: f(x, k(A34), alpha=-1.5))]))
+# scalar exponents only: a [[2.]] exponent would grow the receiver, which in place torch refuses too
+_register(["Tensor.pow_"], _on_a_copy(ARITH["Tensor.pow"][:5]))
 _register(["torch.nn.functional.hardtanh_"], [case(lambda f, x, k: f(x.clone(), -0.5, 0.75))])
 # torch's own GELU (float64 included) computes 1 + erf / 1 + tanh, which cancels for x < -2: the
 # points' values come from the cancellation-free forms instead.

@@ -16,7 +16,6 @@ rounded (``+ - * /``, stepped one ulp outward) or libm calls on arguments where 
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from ._common import (
     piecewise_candidates,
     require_domain,
 )
-from .arithmetic import clamp
+from .arithmetic import _augmented, clamp
 
 _T = torch.Tensor
 _INF = float("inf")
@@ -212,7 +211,7 @@ def _pow_scalar(x: Interval, p: float) -> Interval:
         one = torch.ones_like(x.lower)
         return Interval._from_lu(one, one)
     if p == 1:  # a new box, as torch returns a new tensor (sharing tensors is fine: boxes never write them)
-        return copy.copy(x)
+        return x.snapshot()
     fn = lambda t: torch.pow(t, p)  # noqa: E731
     if float(p).is_integer():
         n = int(p)
@@ -242,6 +241,9 @@ def _pow(x: Any, exponent: Any) -> Interval:
     shape = x.shape
     if isinstance(exponent, torch.Tensor) and exponent.numel() == 1:
         shape = torch.broadcast_shapes(x.shape, exponent.shape)  # a [[2.]] exponent adds dimensions
+        dtype = torch.result_type(x.lower, exponent)  # a float64 [0.5] promotes a float32 box, as in torch
+        if dtype != x.dtype:
+            x = x.to(dtype)
         exponent = exponent.item()
     if not isinstance(exponent, numbers.Real):
         raise UnsupportedOperation("torch.pow", "the exponent must be a number")
@@ -249,6 +251,9 @@ def _pow(x: Any, exponent: Any) -> Interval:
         raise IntervalError("torch.pow: exponent is NaN")
     out = _pow_scalar(x, float(exponent))
     return out if out.shape == shape else out.expand(shape)
+
+
+implements(_T.pow_, _T.__ipow__)(_augmented(_pow, "Tensor.pow_"))
 
 
 @implements(torch.square, _T.square)

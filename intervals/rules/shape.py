@@ -38,7 +38,7 @@ _COPYING = {
 # ``torch.permute(t, (1, 0))`` does not, so replaying a method call through the ``torch.*``
 # function would reject valid calls.
 for _f in (
-    torch.reshape, _T.reshape, _T.view, torch.flatten, _T.flatten, torch.permute, _T.permute,
+    torch.reshape, _T.reshape, torch.flatten, _T.flatten, torch.permute, _T.permute,
     torch.transpose, _T.transpose, torch.squeeze, _T.squeeze, torch.unsqueeze, _T.unsqueeze,
     _T.expand, _T.contiguous, _T.__getitem__, torch.flip, _T.flip, torch.roll, _T.roll,
     torch.narrow, _T.narrow, torch.select, _T.select, torch.t, _T.t, torch.movedim, _T.movedim,
@@ -49,6 +49,14 @@ for _f in (
     torch.repeat_interleave, _T.repeat_interleave,
 ):
     implements(_f)(_elementwise_structural(_f, views=_f not in _COPYING))
+
+
+@implements(_T.view)
+def _view(x: Interval, *shape: Any, **kwargs: Any) -> Interval:
+    dtype = kwargs.get("dtype", shape[0] if len(shape) == 1 and isinstance(shape[0], torch.dtype) else None)
+    if dtype is not None and dtype != x.dtype:
+        raise UnsupportedOperation("Tensor.view", f"reinterpreting a box's bits as {dtype} is not monotone")
+    return x._apply(lambda t: t.view(*shape, **kwargs))
 
 
 @implements(_T.expand_as)
