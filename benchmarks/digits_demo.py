@@ -228,7 +228,6 @@ def _run(args: argparse.Namespace) -> int:
     train_s = time.perf_counter() - t0
     with torch.no_grad():
         logits_te = model(x_te)
-        pred = logits_te.argmax(1)
         train_acc = float((logit_margins(model(x_tr), y_tr) > 0).float().mean())
     correct = logit_margins(logits_te, y_te) > 0  # strict, as attacks and certificates count (a tie is wrong)
     n = len(y_te)
