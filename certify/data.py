@@ -462,13 +462,14 @@ def _load_cifar(key: str, root: Path, split: str, download: bool) -> Dataset:
     spec = _CIFAR[key]
     folders = [root / spec["folder"], root / key / spec["folder"]]
     folder = next((f for f in folders if all((f / name).is_file() for name in spec[split])), None)
-    if folder is None and not download:
+    archive = _local_archive(root, key, spec["archive"])
+    if folder is None and not download and archive is None:
         looked = ", ".join(str(f) for f in folders)
-        raise FileNotFoundError(f"{key} {split} files ({', '.join(spec[split])}) not found in {looked}; "
-                                f"pass download=True (--download) to fetch them")
+        raise FileNotFoundError(f"{key} {split} files ({', '.join(spec[split])}) not found in {looked}, nor "
+                                f"{spec['archive']}; pass download=True (--download) to fetch them")
     if folder is None:
-        folder = _download_and_unpack([_CIFAR_URL + spec["archive"]], root / key / spec["archive"], spec["md5"],
-                                      spec["folder"])
+        folder = _download_and_unpack([_CIFAR_URL + spec["archive"]], archive or root / key / spec["archive"],
+                                      spec["md5"], spec["folder"])
     parts = [_cifar_batch(folder / name, spec["label_key"]) for name in spec[split]]
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -494,13 +495,14 @@ _TINY = {"folder": "tiny-imagenet-200", "archive": "tiny-imagenet-200.zip",
 def _load_tinyimagenet(root: Path, split: str, download: bool) -> Dataset:
     folders = [root / _TINY["folder"], root / "tinyimagenet" / _TINY["folder"]]
     folder = next((f for f in folders if (f / "wnids.txt").is_file()), None)
-    if folder is None and not download:
+    archive = _local_archive(root, "tinyimagenet", _TINY["archive"])
+    if folder is None and not download and archive is None:
         looked = ", ".join(str(f) for f in folders)
-        raise FileNotFoundError(f"tinyimagenet not found: no wnids.txt in {looked}; "
+        raise FileNotFoundError(f"tinyimagenet not found: no wnids.txt in {looked}, nor {_TINY['archive']}; "
                                 f"pass download=True (--download) to fetch it (about 250 MB)")
     if folder is None:
-        folder = _download_and_unpack([_TINY["url"]], root / "tinyimagenet" / _TINY["archive"], _TINY["md5"],
-                                      _TINY["folder"])
+        folder = _download_and_unpack([_TINY["url"]], archive or root / "tinyimagenet" / _TINY["archive"],
+                                      _TINY["md5"], _TINY["folder"])
     wnids = _read_wnids(folder / "wnids.txt")
     files, labels = (_tiny_train_files if split == "train" else _tiny_val_files)(folder, wnids)
     images = _read_images(files)
@@ -757,6 +759,12 @@ def _fetch(url: str, dest: Path, md5: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _local_archive(root: Path, key: str, name: str) -> Path | None:
+    """A distribution archive already on disk: ``root/name`` (where torchvision leaves it) or
+    ``root/key/name`` (where ``download=True`` puts it); unpacked (MD5-checked) without any download."""
+    return next((a for a in (root / name, root / key / name) if a.is_file()), None)
 
 
 def _download_and_unpack(urls: Sequence[str], archive: Path, md5: str, folder_name: str) -> Path:

@@ -472,7 +472,7 @@ def test_cifar_missing_files(tmp_path):
     message = one_line(excinfo)
     assert message.startswith("cifar100 train files (train) not found in ")
     assert str(tmp_path / "cifar-100-python") in message and str(tmp_path / "cifar100" / "cifar-100-python") in message
-    assert message.endswith("pass download=True (--download) to fetch them")
+    assert message.endswith("nor cifar-100-python.tar.gz; pass download=True (--download) to fetch them")
 
 
 def test_cifar10_download_unpacks_the_archive(tmp_path, server, monkeypatch):
@@ -484,6 +484,19 @@ def test_cifar10_download_unpacks_the_archive(tmp_path, server, monkeypatch):
     assert ds.y.tolist() == written["train"][1].tolist()
     assert sorted(p.name for p in (tmp_path / "root" / "cifar10").iterdir()) == ["cifar-10-batches-py",
                                                                                  "cifar-10-python.tar.gz"]
+
+
+def test_a_cifar_archive_already_in_the_data_dir_is_unpacked_without_download(tmp_path, monkeypatch):
+    """torchvision leaves cifar-10-python.tar.gz in the data folder itself: it was ignored (not found)."""
+    written = write_cifar10(tmp_path / "src")
+    archive = tar_gz_bytes(tmp_path / "src" / "cifar-10-batches-py")
+    monkeypatch.setitem(data._CIFAR["cifar10"], "md5", data.hashlib.md5(archive).hexdigest())
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "cifar-10-python.tar.gz").write_bytes(archive)
+    ds = load_dataset("cifar10", root, split="train")  # no download=True: nothing is fetched
+    assert ds.y.tolist() == written["train"][1].tolist()
+    assert (root / "cifar-10-batches-py").is_dir()
 
 
 def test_cifar_archive_with_the_wrong_md5_is_not_unpacked(tmp_path):
