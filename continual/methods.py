@@ -237,14 +237,22 @@ class HyperMask(ContinualMethod):
         return self.sparsity * min(max(progress, 0.0), 1.0) if task == 0 else self.sparsity
 
     def masks(self, task: int, sparsity: float | None = None) -> dict[str, torch.Tensor]:
+        """Task ``task``'s masks ``|tanh(H(e_t))|``, cut at the ``sparsity`` percentile, except the last
+        target tensor's (the output bias): as upstream, it is never cut, and it is used only to weigh
+        that tensor's drift (``drift_masking``), never applied (:meth:`task_weights`)."""
         s = self.sparsity if sparsity is None else sparsity
-        return {n: percentile_mask(h, s) for n, h in self.hnet(task).items()}
+        out = self.hnet(task)
+        last = self.names[-1]
+        return {n: torch.tanh(h).abs() if n == last else percentile_mask(h, s) for n, h in out.items()}
 
     def task_weights(self, task: int, sparsity: float | None = None) -> dict[str, torch.Tensor]:
         return self._masked(self.masks(task, sparsity))
 
     def _masked(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {n: p * masks[n] for n, p in zip(self.names, self.theta, strict=True)}
+        # upstream's apply_mask_to_weights_of_network leaves the last tensor unmasked: with two classes
+        # per task, a cut mask on the two output biases zeroed one of them
+        last = self.names[-1]
+        return {n: p if n == last else p * masks[n] for n, p in zip(self.names, self.theta, strict=True)}
 
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, task: int, progress: float

@@ -357,3 +357,34 @@ def test_continual_train_and_eval_report_the_universal_embedding_after_every_tas
     assert eval_main([str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "universal embedding (ONE weight set" in out and "universal embedding inside task j's box" in out
+
+
+def test_kappa_jump_and_best_after_warmup_follow_the_public_code():
+    """Options matching upstream's train loop: kappa drops to kappa_min at the end of the eps ramp, and a
+    task's best state is taken only at full eps. Both are off by default."""
+    m = _hint(kappa_decay=0.25, double=False)
+    assert m.kappa_at(0.6) == pytest.approx(0.85) and m.best_from_progress == 0.0
+    j = _hint(kappa_decay=0.25, kappa_jump=True, best_after_warmup=True, double=False)
+    assert j.kappa_at(0.4) == pytest.approx(0.9) and j.kappa_at(0.5) == 0.5 and j.kappa_at(1.0) == 0.5
+    assert j.best_from_progress == 0.5
+    with pytest.raises(ValueError, match="kappa_jump must be true or false"):
+        _hint(kappa_jump="yes")
+
+
+@pytest.mark.parametrize(("after_warmup", "best_step"), [(False, 10), (True, 20)])
+def test_the_runner_keeps_no_best_state_from_the_eps_ramp_with_best_after_warmup(
+    tmp_path, monkeypatch, after_warmup, best_step
+):
+    """Validation accuracy falls from the check in the eps ramp (step 10) to the one at full eps (20):
+    by default the ramp's state is kept; with best_after_warmup only full-eps checks count."""
+    import continual.runner as runner
+
+    accuracies = [0.0, 1.0, 0.5]  # the untrained model's (forward transfer), then the checks at 10 and 20
+    monkeypatch.setattr(runner, "_accuracy", lambda *a, **k: accuracies.pop(0))
+    cfg = RunConfig(method="hint", benchmark="split-digits", benchmark_options={"num_tasks": 1},
+                    target_options={"hidden": [16]}, iterations=40, eval_every=10, batch_size=32,
+                    method_options={"emb_dim": 4, "hnet_hidden": [16], "eps": 0.5, "best_after_warmup": after_warmup})
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "run", progress=False, log=lambda s: None, stop_after=lambda t, s: s == 20)
+    best = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["best"]
+    assert best["step"] == best_step

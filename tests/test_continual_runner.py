@@ -89,6 +89,24 @@ def test_percentile_mask_sparsity_and_the_hypermask_ramp():
         HyperMask(MLP(4, hidden=(8,), num_outputs=2), sparsity=100)
 
 
+def test_hypermask_leaves_the_last_target_tensor_unmasked_and_uncut():
+    """As upstream (prepare_network_sparsity / apply_mask_to_weights_of_network): the output bias is
+    never multiplied by a mask, and its mask (used only to weigh its drift) is not cut. With two output
+    biases and sparsity 50 the cut zeroed one of them."""
+    torch.manual_seed(0)
+    method = HyperMask(MLP(4, hidden=(8,), num_outputs=2), emb_dim=3, hnet_hidden=(8,), sparsity=50)
+    method.start_task(0)
+    last = method.names[-1]
+    masks = method.masks(0)
+    raw = method.hnet(0)[last]
+    assert torch.equal(masks[last], torch.tanh(raw).abs())  # soft, nothing cut
+    weights = method.task_weights(0)
+    assert torch.equal(weights[last], method.theta[-1])
+    first = method.names[0]
+    assert (masks[first] == 0).float().mean() >= 0.49  # the other tensors are still cut
+    assert torch.equal(weights[first], method.theta[0] * masks[first])
+
+
 def test_tasks_must_start_in_order_and_options_are_checked():
     method = build_method("hnet", MLP(4, hidden=(8,), num_outputs=2), emb_dim=3, hnet_hidden=(8,))
     with pytest.raises(ValueError, match="in order"):
