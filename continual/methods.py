@@ -227,6 +227,8 @@ class HyperMask(ContinualMethod):
         self.theta = nn.ParameterList(nn.Parameter(w) for w in target.init_weights().values())
         self.register_buffer("theta_prev", torch.cat([p.detach().flatten() for p in self.theta]))
         self._current_sparsity = float(sparsity)
+        # False: the last target tensor stays unmasked, as upstream; True only for older checkpoints
+        self.mask_last = False
 
     def start_task(self, task: int) -> None:
         super().start_task(task)
@@ -242,7 +244,7 @@ class HyperMask(ContinualMethod):
         that tensor's drift (``drift_masking``), never applied (:meth:`task_weights`)."""
         s = self.sparsity if sparsity is None else sparsity
         out = self.hnet(task)
-        last = self.names[-1]
+        last = None if self.mask_last else self.names[-1]
         return {n: torch.tanh(h).abs() if n == last else percentile_mask(h, s) for n, h in out.items()}
 
     def task_weights(self, task: int, sparsity: float | None = None) -> dict[str, torch.Tensor]:
@@ -251,8 +253,20 @@ class HyperMask(ContinualMethod):
     def _masked(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # upstream's apply_mask_to_weights_of_network leaves the last tensor unmasked: with two classes
         # per task, a cut mask on the two output biases zeroed one of them
-        last = self.names[-1]
+        last = None if self.mask_last else self.names[-1]
         return {n: p if n == last else p * masks[n] for n, p in zip(self.names, self.theta, strict=True)}
+
+    # Checkpoints carry ``mask_last``: one written before it existed was trained with the last tensor
+    # masked and cut like the others, and is loaded so (its networks stay the ones it was trained as).
+    def get_extra_state(self) -> dict[str, bool]:
+        return {"mask_last": self.mask_last}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.mask_last = bool(state["mask_last"])
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        state_dict.setdefault(prefix + "_extra_state", {"mask_last": True})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, task: int, progress: float

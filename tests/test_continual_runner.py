@@ -107,6 +107,29 @@ def test_hypermask_leaves_the_last_target_tensor_unmasked_and_uncut():
     assert torch.equal(weights[first], method.theta[0] * masks[first])
 
 
+def test_a_hypermask_checkpoint_from_before_the_fix_keeps_its_masked_output_bias():
+    """Checkpoints carry mask_last; one without it was trained with the last tensor masked and cut, and
+    must load as that network (a certificate of another network would not be about the trained one)."""
+    torch.manual_seed(0)
+    method = HyperMask(MLP(4, hidden=(8,), num_outputs=2), emb_dim=3, hnet_hidden=(8,), sparsity=50)
+    method.start_task(0)
+    state = method.state_dict()
+    assert state["_extra_state"] == {"mask_last": False}
+    legacy = {k: v for k, v in state.items() if k != "_extra_state"}
+    old = HyperMask(MLP(4, hidden=(8,), num_outputs=2), emb_dim=3, hnet_hidden=(8,), sparsity=50)
+    old.start_task(0)
+    old.load_state_dict(legacy)
+    assert old.mask_last
+    last = old.names[-1]
+    masks = old.masks(0)
+    assert torch.equal(old.task_weights(0)[last], old.theta[-1] * masks[last])
+    assert torch.equal(masks[last], percentile_mask(old.hnet(0)[last], 50))
+    new = HyperMask(MLP(4, hidden=(8,), num_outputs=2), emb_dim=3, hnet_hidden=(8,), sparsity=50)
+    new.start_task(0)
+    new.load_state_dict(state)
+    assert not new.mask_last
+
+
 def test_tasks_must_start_in_order_and_options_are_checked():
     method = build_method("hnet", MLP(4, hidden=(8,), num_outputs=2), emb_dim=3, hnet_hidden=(8,))
     with pytest.raises(ValueError, match="in order"):
