@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -176,11 +178,14 @@ def fold_spec_margins(weight: torch.Tensor, bias: torch.Tensor | None, h: Interv
         raise ValueError(f"margins need at least 2 classes, got a last layer with {k} output(s)")
     others = other_classes(y, k)
     w_spec = weight[y].unsqueeze(1) - weight[others]  # (B, K-1, H): row j is W_y - W_j
-    out = torch.bmm(w_spec, h.center.unsqueeze(-1)).squeeze(-1)
-    out = out - torch.bmm(w_spec.abs(), h.radius.unsqueeze(-1)).squeeze(-1)
+    # an unbounded box can hold inf or NaN in centre/radius form: such a coordinate is centre 0, radius inf
+    unbounded = ~(h.center.isfinite() & h.radius.isfinite())
+    center, radius = h.center.masked_fill(unbounded, 0.0), h.radius.masked_fill(unbounded, math.inf)
+    out = torch.bmm(w_spec, center.unsqueeze(-1)).squeeze(-1)
+    out = out - torch.bmm(w_spec.abs(), radius.unsqueeze(-1)).squeeze(-1)
     if bias is not None:
         out = out + (bias[y].unsqueeze(1) - bias[others])
-    return out
+    return out.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)  # 0 * inf: no bound there
 
 
 def certified(

@@ -162,17 +162,23 @@ def alters_forward(module: nn.Module) -> bool:
     )
 
 
-def _check_no_inplace(nodes: list[_Node], where: str) -> None:
-    """Refuse in-place ReLUs inside a residual block: one there can overwrite the block's input before
-    the other branch reads it (``relu(x)`` instead of ``x``), which CROWN's out-of-place relaxation
-    does not model."""
-    for node in nodes:
-        if isinstance(node.layer, nn.ReLU) and node.layer.inplace:
+#: Layers whose output is their input or a view of it: an in-place layer after them still writes the input.
+_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Flatten)
+
+
+def _check_no_inplace(branch: list[_Node], where: str) -> None:
+    """Refuse an in-place ReLU that can receive a residual block's input (first in a branch, or after
+    pass-through layers): it overwrites the input the other branch reads (``relu(x)`` instead of ``x``),
+    which CROWN's out-of-place relaxation does not model. Later in-place ReLUs see fresh tensors."""
+    for node in branch:
+        if node.body is None and isinstance(node.layer, nn.ReLU) and node.layer.inplace:
             raise UnsupportedLayer(
-                f"CROWN does not support nn.ReLU(inplace=True) inside a residual block (layer {node.name}, {where}): "
-                "it can overwrite the block's input that the other branch reads; use inplace=False",
+                f"CROWN does not support nn.ReLU(inplace=True) on a residual block's input (layer {node.name}, "
+                f"{where}): it overwrites the input the other branch reads; use inplace=False",
                 "ReLU",
             )
+        if node.body is not None or not isinstance(node.layer, _PASS_THROUGH):
+            return
 
 
 def _walk(module: nn.Module, name: str) -> list[_Node]:
@@ -190,7 +196,8 @@ def _walk(module: nn.Module, name: str) -> list[_Node]:
     if type(module) is Residual:
         shortcut = [] if module.shortcut is None else _walk(module.shortcut, f"{name}.shortcut")
         body = _walk(module.body, f"{name}.body")
-        _check_no_inplace(body + shortcut, f"residual block {name or 'at the top'}")
+        for branch in (body, shortcut):
+            _check_no_inplace(branch, f"residual block {name or 'at the top'}")
         return [_Node(name, module, body, shortcut)]
     _check_layer(module, name)
     return [_Node(name, module)]
@@ -967,16 +974,19 @@ def crown_bounds(
         # an unbounded box can hold NaN in centre/radius form (0 * inf in a radius product, inf - inf in a
         # centre): such a coordinate is unbounded, centre 0 and radius inf; the same NaN from a zero spec
         # coefficient times an infinite radius is replaced by inf too (sound: its true share is 0)
-        unbounded = h.center.isnan() | h.radius.isnan()
+        unbounded = ~(h.center.isfinite() & h.radius.isfinite())
         hc, hr = h.center.masked_fill(unbounded, 0.0), h.radius.masked_fill(unbounded, math.inf)
         c = torch.bmm(flat, hc.reshape(b, -1, 1)).squeeze(-1)
-        r = torch.bmm(flat.abs(), hr.reshape(b, -1, 1)).squeeze(-1).nan_to_num(nan=math.inf)
+        r = torch.bmm(flat.abs(), hr.reshape(b, -1, 1)).squeeze(-1).nan_to_num(nan=math.inf, posinf=math.inf)
         if lower is not None and upper is not None:
             lower, upper = _intersect(lower, upper, c - r, c + r)
         elif lower is not None:  # fmax/fmin: a NaN CROWN bound (an infinite box) yields to the interval one
             lower = torch.fmax(lower, c - r)
         elif upper is not None:
             upper = torch.fmin(upper, c + r)
+    # NaN (inf - inf on an unbounded box) means "no bound": say so soundly
+    lower = None if lower is None else lower.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    upper = None if upper is None else upper.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)
     if spec is None:
         lower = None if lower is None else lower.reshape(b, *out_shape)
         upper = None if upper is None else upper.reshape(b, *out_shape)

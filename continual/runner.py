@@ -262,6 +262,19 @@ def _check_run_dir(out: Path, cfg: RunConfig) -> None:
                          "use another --out or the same settings")
 
 
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes a run the same run: its config with every default filled in (``RunConfig`` fields and
+    method options alike, so a field added later matches its default), the device left out (a run
+    trained on CUDA may be evaluated on the CPU)."""
+    try:
+        config = RunConfig.from_dict(dict(config)).to_dict()
+    except (TypeError, ValueError):  # a field from a newer version: compare what is there
+        pass
+    out = _with_defaults(config)
+    out.pop("device", None)
+    return out
+
+
 def check_checkpoint(state: dict[str, Any], config: dict[str, Any], method: ContinualMethod, num_tasks: int,
                      path: Path) -> int:
     """Check a loaded checkpoint against its run: returns the number of finished tasks.
@@ -274,7 +287,7 @@ def check_checkpoint(state: dict[str, Any], config: dict[str, Any], method: Cont
     """
     recorded = state.get("config")
     if recorded is not None:
-        saved, wanted = _with_defaults(recorded), _with_defaults(config)
+        saved, wanted = _identity(recorded), _identity(config)
         if saved != wanted:
             changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
             raise ValueError(f"checkpoint {path} belongs to another run: its config differs from the run's "

@@ -15,7 +15,7 @@ Example:
 """
 
 from . import rules as _rules  # noqa: F401  (registers every rule)
-from .errors import IntervalError, UnsupportedMethod, UnsupportedOperation
+from .errors import IntervalError, UnsupportedInPlace, UnsupportedMethod, UnsupportedOperation
 from .interval import Interval
 from .precision import bf16_radius, is_bf16_radius
 from .registry import supported_functions
@@ -27,6 +27,7 @@ __all__ = [
     "IntervalError",
     "UnsupportedOperation",
     "UnsupportedMethod",
+    "UnsupportedInPlace",
     "rigorous",
     "is_rigorous",
     "supported_functions",

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["UnsupportedOperation", "UnsupportedMethod", "IntervalError", "first_bad", "check_no_nan", "check_order"]
+__all__ = [
+    "UnsupportedOperation", "UnsupportedInPlace", "UnsupportedMethod", "IntervalError", "first_bad", "check_no_nan",
+    "check_order",
+]
 
 
 class IntervalError(ValueError):
@@ -28,6 +31,21 @@ class UnsupportedOperation(TypeError):
         if detail:
             msg += f": {detail}"
         super().__init__(msg)
+
+
+class UnsupportedInPlace(UnsupportedOperation):
+    """An in-place op on an Interval that shares memory with another live Interval (a view, slice,
+    reshape, flatten, detach or ``copy.copy``): torch would change both tensors, a box only changes itself.
+    """
+
+    def __init__(self, op: str) -> None:
+        self.func_name = op
+        TypeError.__init__(
+            self,
+            f"{op} in place on an Interval that shares memory with another one still in use (a view, slice, "
+            "reshape, flatten, detach or copy.copy): torch would change both, a box only changes itself; use "
+            "inplace=False on the layer, or the out-of-place form",
+        )
 
 
 class UnsupportedMethod(UnsupportedOperation, AttributeError):

@@ -23,6 +23,7 @@ import torch
 from . import rounding
 from .errors import (
     IntervalError,
+    UnsupportedInPlace,
     UnsupportedMethod,
     UnsupportedOperation,
     check_no_nan,
@@ -408,10 +409,7 @@ class Interval:
             result = result.to(self.dtype)
         group = self._alias
         if group is not None and any(ref() is not None and ref() is not self for ref in group):
-            raise UnsupportedOperation(
-                op, "in place on an Interval that shares memory with another one still in use (a view, slice, "
-                "reshape or detach): torch would change both; use the out-of-place form"
-            )
+            raise UnsupportedInPlace(op)
         self._l, self._u, self._c, self._r = result._l, result._u, result._c, result._r
         self._cr, self._rig, self._alias = result._cr, result._rig, None
         if result._alias is not None:  # the result's tensors are views of another box's: so are ours now
@@ -453,8 +451,19 @@ class Interval:
         return self._apply(torch.Tensor.clone, views=False)
 
     def __copy__(self) -> Interval:
-        # copy.copy of a tensor shares its storage: an in-place change to either reaches the other
+        """``copy.copy(box)``: a box sharing memory with this one, as ``copy.copy`` of a tensor shares its
+        storage (an in-place op on either is then refused while both live); see :meth:`snapshot`."""
         return self._apply(lambda t: t)
+
+    # Pickling and deepcopy: the memory-sharing bookkeeping (weak references) stays behind; a copy made
+    # this way shares nothing.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("_l", "_u", "_c", "_r", "_cr", "_rig")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+        self._alias = None
 
     def snapshot(self) -> Interval:
         """An independent box with the same bounds, which later in-place changes to this box (an

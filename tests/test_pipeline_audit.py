@@ -291,14 +291,30 @@ def test_crown_refuses_a_layer_whose_forward_was_replaced_on_the_instance():
     assert (lower[:, 0] <= z[:, 0] - z[:, 1] + 1e-6).all()
 
 
-def test_crown_refuses_an_inplace_relu_inside_a_residual_block():
+@pytest.mark.parametrize("body", [[nn.ReLU(inplace=True), nn.Linear(2, 2)],
+                                  [nn.Identity(), nn.ReLU(inplace=True), nn.Linear(2, 2)]],
+                         ids=["first", "after Identity"])
+def test_crown_refuses_an_inplace_relu_on_a_residual_blocks_input(body):
     """The block's input is overwritten before the shortcut reads it; CROWN models ``x`` there."""
     from certify.models import Residual
 
-    net = nn.Sequential(nn.Linear(2, 2), Residual(nn.Sequential(nn.ReLU(inplace=True), nn.Linear(2, 2))),
-                        nn.Linear(2, 2)).eval()
-    with pytest.raises(UnsupportedLayer, match=r"ReLU\(inplace=True\) inside a residual block \(layer 1.body.0"):
+    net = nn.Sequential(nn.Linear(2, 2), Residual(nn.Sequential(*body)), nn.Linear(2, 2)).eval()
+    with pytest.raises(UnsupportedLayer, match=r"ReLU\(inplace=True\) on a residual block's input \(layer 1.body"):
         margin_bounds(net, torch.rand(3, 2), torch.zeros(3, dtype=torch.long), 0.1, method="crown-ibp")
+
+
+def test_crown_takes_an_inplace_relu_inside_a_residual_body():
+    """Behind a Linear the ReLU sees a fresh tensor (the usual torchvision block): same bounds as out of place."""
+    from certify.models import Residual
+
+    def net(inplace: bool) -> nn.Sequential:
+        torch.manual_seed(0)
+        body = nn.Sequential(nn.Linear(2, 2), nn.ReLU(inplace=inplace), nn.Linear(2, 2))
+        return nn.Sequential(nn.Linear(2, 2), Residual(body), nn.Linear(2, 2)).eval()
+
+    x, y = torch.rand(3, 2), torch.zeros(3, dtype=torch.long)
+    torch.testing.assert_close(margin_bounds(net(True), x, y, 0.1, method="crown"),
+                               margin_bounds(net(False), x, y, 0.1, method="crown"))
 
 
 def test_crown_keeps_interval_bounds_where_its_own_float32_bounds_cross():
@@ -334,3 +350,37 @@ def test_crown_of_an_unbounded_box_is_the_interval_answer_not_nan(method):
     lower, upper = crown_bounds(net, box, method=method)
     assert not lower.isnan().any() and not upper.isnan().any()
     assert (lower == -float("inf")).all() and (upper == float("inf")).all()
+
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "crown-ibp"])
+def test_a_half_unbounded_box_gives_minus_infinity_not_nan(method):
+    """[0, inf) boxes turned into NaN centres (inf - inf) inside IBP; margins came out NaN."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    lower = margin_bounds(net, torch.zeros(1, 3), torch.tensor([0]), float("inf"), method=method, lo=0.0)
+    assert lower.isneginf().all()
+
+
+def test_a_run_certifies_after_a_config_field_is_added_or_its_device_changed(bn_run, tmp_path):
+    """A checkpoint recorded before a RunConfig field existed (simulated: 'device' removed from both files),
+    or a run trained elsewhere whose config.json now names the CPU, is still the same run."""
+    import json
+
+    from certify.continual_runs import load_run
+
+    def drop_device(c):  # noqa: ANN001, ANN202
+        c.pop("device")
+
+    def drop_recorded_device(state):  # noqa: ANN001, ANN202
+        state["config"].pop("device")
+
+    copy = _tampered(bn_run, tmp_path, edit_config=drop_device, edit_state=drop_recorded_device)
+    assert [m.task for m in load_run(copy)] == [0, 1]
+
+    def trained_on_cuda(state):  # noqa: ANN001, ANN202
+        state["config"]["device"] = "cuda"
+
+    other = _tampered(bn_run, tmp_path / "b", edit_state=trained_on_cuda)
+    assert json.loads((other / "config.json").read_text())["device"] == "cpu"
+    assert [m.task for m in load_run(other)] == [0, 1]
