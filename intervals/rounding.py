@@ -73,13 +73,15 @@ def rigorous() -> Iterator[None]:
 def summation_guard() -> Iterator[None]:
     """Force convolutions onto summation-order kernels (no Winograd/FFT, no TF32).
 
-    Used by the convolution rules in rigorous mode so Higham's dot-product bound applies.
+    Used by the convolution rules in rigorous mode so Higham's dot-product bound applies. NNPACK too:
+    torch takes its Winograd kernels for float32 CPU batches of 16 or more, whose transforms round
+    differently (a batch-16 3x3 convolution missed the exact value by 0.014).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # oneDNN's TF32 notice on CPU-only builds
         with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(
             enabled=False, allow_tf32=False
-        ):
+        ), torch.backends.nnpack.flags(enabled=False):
             yield
 
 
