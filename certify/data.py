@@ -462,7 +462,7 @@ def _load_cifar(key: str, root: Path, split: str, download: bool) -> Dataset:
     spec = _CIFAR[key]
     folders = [root / spec["folder"], root / key / spec["folder"]]
     folder = next((f for f in folders if all((f / name).is_file() for name in spec[split])), None)
-    archive = _local_archive(root, key, spec["archive"])
+    archive = _local_archive(root, key, spec["archive"], spec["md5"])
     if folder is None and not download and archive is None:
         looked = ", ".join(str(f) for f in folders)
         raise FileNotFoundError(f"{key} {split} files ({', '.join(spec[split])}) not found in {looked}, nor "
@@ -495,7 +495,7 @@ _TINY = {"folder": "tiny-imagenet-200", "archive": "tiny-imagenet-200.zip",
 def _load_tinyimagenet(root: Path, split: str, download: bool) -> Dataset:
     folders = [root / _TINY["folder"], root / "tinyimagenet" / _TINY["folder"]]
     folder = next((f for f in folders if (f / "wnids.txt").is_file()), None)
-    archive = _local_archive(root, "tinyimagenet", _TINY["archive"])
+    archive = _local_archive(root, "tinyimagenet", _TINY["archive"], _TINY["md5"])
     if folder is None and not download and archive is None:
         looked = ", ".join(str(f) for f in folders)
         raise FileNotFoundError(f"tinyimagenet not found: no wnids.txt in {looked}, nor {_TINY['archive']}; "
@@ -761,10 +761,11 @@ def _fetch(url: str, dest: Path, md5: str) -> None:
             os.unlink(tmp)
 
 
-def _local_archive(root: Path, key: str, name: str) -> Path | None:
-    """A distribution archive already on disk: ``root/name`` (where torchvision leaves it) or
-    ``root/key/name`` (where ``download=True`` puts it); unpacked (MD5-checked) without any download."""
-    return next((a for a in (root / name, root / key / name) if a.is_file()), None)
+def _local_archive(root: Path, key: str, name: str, md5: str) -> Path | None:
+    """A distribution archive already on disk with the published MD5: ``root/name`` (where torchvision
+    leaves it) or ``root/key/name`` (where ``download=True`` puts it); unpacked without any download.
+    A damaged copy (an interrupted download) is passed over, never unpacked."""
+    return next((a for a in (root / name, root / key / name) if a.is_file() and _md5(a) == md5), None)
 
 
 def _download_and_unpack(urls: Sequence[str], archive: Path, md5: str, folder_name: str) -> Path:

@@ -499,6 +499,19 @@ def test_a_cifar_archive_already_in_the_data_dir_is_unpacked_without_download(tm
     assert (root / "cifar-10-batches-py").is_dir()
 
 
+def test_a_damaged_archive_in_the_data_dir_does_not_hide_a_good_one(tmp_path, monkeypatch):
+    """An interrupted download left in the data folder used to stop the good archive beside it (or a
+    fresh download) from being used: 'MD5 does not match'."""
+    written = write_cifar10(tmp_path / "src")
+    archive = tar_gz_bytes(tmp_path / "src" / "cifar-10-batches-py")
+    monkeypatch.setitem(data._CIFAR["cifar10"], "md5", data.hashlib.md5(archive).hexdigest())
+    root = tmp_path / "root"
+    (root / "cifar10").mkdir(parents=True)
+    (root / "cifar-10-python.tar.gz").write_bytes(archive[:100])  # half-written
+    (root / "cifar10" / "cifar-10-python.tar.gz").write_bytes(archive)
+    assert load_dataset("cifar10", root, split="train").y.tolist() == written["train"][1].tolist()
+
+
 def test_cifar_archive_with_the_wrong_md5_is_not_unpacked(tmp_path):
     (tmp_path / "cifar100").mkdir()
     (tmp_path / "cifar100" / "cifar-100-python.tar.gz").write_bytes(b"not the archive")

@@ -87,11 +87,11 @@ def _bilinear_rigorous(op: Bilinear, x: Any, w: Any, bias: Any, terms: int, add_
     tiny = 4 * (terms + 6) * rounding.denorm_min(dtype)
     with rounding.summation_guard():
         c = op(xc, wc)
-        # g times the product, not |xc| g inside it: for a subnormal |xc| that underflows to 0 while
-        # |xc| |W| (huge weights) does not, and the centre's rounding error went missing
-        rad = op(xc.abs(), wc.abs()) * g
-        if xr is not None:
-            rad = rad + op(xr, wc.abs())
+        # |xc| g underflows for a subnormal |xc| (while |xc| |W| with huge weights does not), losing up to
+        # half a denorm_min per element: one denorm_min more per element keeps the centre's error covered,
+        # in the same single product as the radius
+        xr_eff = xc.abs() * g + rounding.denorm_min(dtype)
+        rad = op(xr_eff if xr is None else xr + xr_eff, wc.abs())
         if wr is not None:
             rad = rad + op(xc.abs() if xr is None else xc.abs() + xr, wr)
     if bc is not None:
