@@ -146,13 +146,15 @@ def warmup_regularizer(
         mean_act, mean_inact = (centre * active).mean(), (centre * inactive).mean()
         delta = (centre - centre.mean()) ** 2
         var_act, var_inact = (delta * active).sum(), (delta * inactive).sum()
+        # a layer without active or without inactive neurons has 0 or 0/0 ratios: no balance term there.
+        # Decided before dividing: a term masked out afterwards still sends 0 * inf = NaN to every weight.
+        if not bool(torch.stack([mean_act, mean_inact, var_act, var_inact]).ne(0).all()):
+            continue
         mean_ratio = mean_act / -mean_inact
         var_ratio = var_act / var_inact
-        mean_ratio = torch.minimum(mean_ratio, 1 / mean_ratio.clamp(min=1e-12))
-        var_ratio = torch.minimum(var_ratio, 1 / var_ratio.clamp(min=1e-12))
-        balance = (F.relu(tol - mean_ratio) + F.relu(tol - var_ratio)) / tol
-        # all-active or all-dead layers give 0/0 ratios: no signal from the balance term there
-        total = total + torch.where(torch.isfinite(balance), balance, torch.zeros_like(balance))
+        mean_ratio = torch.minimum(mean_ratio, 1 / mean_ratio)
+        var_ratio = torch.minimum(var_ratio, 1 / var_ratio)
+        total = total + (F.relu(tol - mean_ratio) + F.relu(tol - var_ratio)) / tol
     return total / len(relu_inputs)
 
 
@@ -161,9 +163,9 @@ def ramp(step: float, start: float, length: float, end_value: float, kind: str =
          begin_value: float = 0.0) -> float:
     """Value of a ramp from ``begin_value`` (before ``start``) to ``end_value`` (after ``start + length``).
 
-    ``kind="linear"`` (CROWN-IBP); ``kind="smooth"``: Shi et al. 2021's schedule, exponential growth
-    over the first quarter of the ramp (from 1/1000 of the span) and linear afterwards, continuous at the
-    switch, so the first tiny epsilons are not wasted.
+    ``kind="linear"`` (CROWN-IBP); ``kind="smooth"``: Shi et al. 2021's schedule (auto_LiRPA's
+    ``SmoothedScheduler``, ``beta=4``, ``mid=0.25``): ``alpha t^4`` over the first quarter of the ramp,
+    then linear, with value and slope matched at the switch (0.077 of the span there, 0.385 half-way).
 
     Example:
         >>> ramp(5, start=0, length=10, end_value=0.2)
@@ -179,12 +181,13 @@ def ramp(step: float, start: float, length: float, end_value: float, kind: str =
     span = end_value - begin_value
     if kind == "linear":
         return begin_value + span * t
-    # exponential up to the knee (a quarter of the span at a quarter of the ramp), then linear;
-    # the two pieces meet at the knee, so the schedule is continuous
-    knee, base = 0.25, 1e-3
-    if t < knee:
-        return begin_value + span * knee * base ** (1 - t / knee)
-    return begin_value + span * (knee + (1 - knee) * (t - knee) / (1 - knee))
+    # alpha makes the linear piece from (mid, alpha mid^beta) to (1, 1) have the slope of alpha t^beta at mid
+    mid, beta = 0.25, 4.0
+    alpha = 1.0 / ((1 - mid) * beta * mid ** (beta - 1) + mid**beta)
+    if t < mid:
+        return begin_value + span * alpha * t**beta
+    at_mid = alpha * mid**beta
+    return begin_value + span * (at_mid + (1 - at_mid) * (t - mid) / (1 - mid))
 
 
 # ------------------------------------------------------------------------------------- training loop
@@ -362,6 +365,20 @@ def _check_training_data(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"y must be non-negative integer class labels of shape (N,), got {y.dtype} {tuple(y.shape)}")
 
 
+def _check_trainable(model: nn.Sequential, cfg: TrainConfig) -> None:
+    """Refuse, before any weight is touched, models this loop cannot train as configured."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0):
+            raise ValueError(f"train_certified trains in train mode, where a box has no sound rule for "
+                             f"{type(m).__name__} (layer {name}: batch statistics / random masks); use a model "
+                             "without batch norm and dropout (e.g. dm-small, dm-large)")
+    if cfg.reg_lambda > 0:
+        nested = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU) and "." in name]
+        if nested:
+            raise ValueError(f"the warm-up regulariser reads the ReLUs at the top level of the nn.Sequential, "
+                             f"and {nested[0]} is nested: flatten the model or set reg_lambda=0")
+
+
 def train_certified(
     model: nn.Sequential,
     x: torch.Tensor,
@@ -384,6 +401,7 @@ def train_certified(
     cfg = config or TrainConfig()
     if not isinstance(model, nn.Sequential) or not isinstance(model[-1], nn.Linear):
         raise ValueError("train_certified needs an nn.Sequential whose last layer is nn.Linear")
+    _check_trainable(model, cfg)
     _check_training_data(x, y)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     path = None if checkpoint is None else Path(checkpoint)
@@ -404,6 +422,20 @@ def train_certified(
 
         bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, desc="IBP training",
                    unit="batch", dynamic_ncols=True)
+    try:
+        _train_epochs(model, x, y, cfg, opt, start_epoch, steps_per_epoch, history, path, fingerprint, bar, log)
+    finally:  # also after an error or Ctrl-C: the model is left ready for evaluation
+        model.eval()
+        if bar is not None:
+            bar.close()
+    return history
+
+
+def _train_epochs(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                  opt: torch.optim.Optimizer, start_epoch: int, steps_per_epoch: int, history: list[dict[str, Any]],
+                  path: Path | None, fingerprint: dict[str, Any], bar: Any,
+                  log: Callable[[dict[str, Any]], None] | None) -> None:
+    n = x.shape[0]
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -429,7 +461,9 @@ def train_certified(
                 bar.update(1)
                 if step % 20 == 0:
                     bar.set_postfix(eps=f"{eps:.3f}", kappa=f"{kappa:.2f}", loss=f"{loss.item():.3f}")
-        record = {"epoch": epoch + 1, "eps": cfg.eps_at(epoch + 1), "kappa": cfg.kappa_at(epoch + 1),
+        # the eps and kappa of the epoch's last batch (the largest eps it used); the loss and accuracies
+        # are running means over the epoch's training batches, taken before each step
+        record = {"epoch": epoch + 1, "eps": eps, "kappa": kappa,
                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         record.update({k: v / max(count, 1) for k, v in sums.items()})
         history.append(record)
@@ -439,7 +473,3 @@ def train_certified(
             atomic_save({"format": "hypercert-train-checkpoint", "config": _config_dict(cfg), "data": fingerprint,
                          "epoch": epoch + 1, "history": history, "model": model.state_dict(),
                          "optimizer": opt.state_dict()}, path)
-    if bar is not None:
-        bar.close()
-    model.eval()
-    return history

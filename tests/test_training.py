@@ -129,7 +129,11 @@ def test_ramps_are_monotone_and_hit_their_ends(start, length, end, kind):
 
 def test_ramp_values_and_errors():
     assert ramp(5, 0, 10, 0.2) == pytest.approx(0.1)
-    assert ramp(2.5, 0, 10, 1.0, "smooth") == pytest.approx(0.25)  # the knee
+    # auto_LiRPA's SmoothedScheduler (beta 4, mid 0.25): t^4 up to a quarter, then linear, slopes matched
+    assert ramp(2.5, 0, 10, 1.0, "smooth") == pytest.approx(0.25**4 / 0.05078125)  # 0.0769 at the switch
+    assert ramp(5.0, 0, 10, 1.0, "smooth") == pytest.approx(0.3846, abs=1e-4)
+    assert ramp(7.5, 0, 10, 1.0, "smooth") == pytest.approx(0.6923, abs=1e-4)
+    assert ramp(0.0, 0, 10, 1.0, "smooth") == 0.0
     assert ramp(1.0, 0, 10, 1.0, "smooth") < ramp(1.0, 0, 10, 1.0, "linear")  # slow start
     assert ramp(3, 2, 0, 0.5) == 0.5
     with pytest.raises(ValueError, match="ramp kind"):
@@ -255,3 +259,50 @@ def test_train_certified_refuses_a_bad_checkpoint_path_or_data_before_training(t
     with pytest.raises(ValueError, match="not a hypercert training checkpoint"):
         train_certified(_net(), x, y, _cfg(epochs=1), checkpoint=tmp_path / "foreign.pt", progress=False)
     assert calls == []  # no epoch ran
+
+
+
+def test_the_warmup_regularizer_gives_finite_gradients_when_a_layer_has_no_inactive_neurons():
+    """A 0 or 0/0 balance ratio was masked after the division: the value was 0 but every gradient NaN."""
+    from certify.training import warmup_regularizer
+
+    w = torch.ones(3, requires_grad=True)
+    box = Interval.from_center_radius(torch.ones(4, 3), torch.full((4, 3), 0.1))
+    pre = Interval.from_center_radius(torch.ones(4, 3) * w + 2.0, torch.full((4, 3), 0.1) * w)  # all active
+    reg = warmup_regularizer(box, [pre])
+    reg.backward()
+    assert torch.isfinite(reg) and torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize("layer", [torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5)], ids=["batchnorm", "dropout"])
+def test_models_with_train_mode_layers_are_refused_before_any_weight_changes(layer):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), layer, torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=f"no sound rule for {type(layer).__name__} \\(layer 1"):
+        train_certified(model, torch.rand(16, 4), torch.randint(0, 2, (16,)), TrainConfig(epochs=1), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_the_regulariser_refuses_nested_relus_it_cannot_see():
+    model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()), torch.nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="0.1 is nested"):
+        train_certified(model, torch.rand(16, 4), torch.randint(0, 2, (16,)), TrainConfig(epochs=1, reg_lambda=0.5),
+                        progress=False)
+
+
+def test_an_interrupted_training_leaves_the_model_in_eval_mode_and_logs_the_eps_it_used():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    cfg = TrainConfig(epochs=3, batch_size=4, eps_train=0.1, warmup_epochs=0, ramp_epochs=3)
+    records = []
+
+    def stop(record):  # noqa: ANN001, ANN202
+        records.append(record)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_certified(model, torch.rand(16, 4), torch.randint(0, 2, (16,)), cfg, progress=False, log=stop)
+    assert not model.training
+    # epoch 1 of a 3-epoch ramp, 4 batches: the last batch ran at progress 0.75 / 3 of the ramp
+    assert records[0]["eps"] == pytest.approx(cfg.eps_at(0.75))
