@@ -410,8 +410,9 @@ class RunResults:
 
     def summary(self) -> dict[str, float]:
         """Flat ``"<matrix>/<metric>": value`` for every metric defined, plus ``train_seconds`` (the total)."""
+        # "universal inside box" holds 0/1 flags, not accuracies: no accuracy metrics for it
         out = {f"{name}/{metric}": value for name, matrix in self._all_matrices().items()
-               for metric, value in matrix.summary().items()}
+               if name != "universal inside box" for metric, value in matrix.summary().items()}
         if self.train_seconds:
             out["train_seconds"] = float(sum(self.train_seconds))
         return out

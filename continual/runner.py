@@ -474,11 +474,13 @@ def _train_task(method: ContinualMethod, cfg: RunConfig, task_data: Task, task: 
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{stats['acc']:.3f}")
         if step % cfg.eval_every == 0 or step == cfg.iterations:
-            val = _accuracy(method, task, xv, yv)
+            # no validation data (val_fraction 0): nothing to select by, so the latest state is kept
+            no_val = xv.shape[0] == 0
+            val = math.nan if no_val else _accuracy(method, task, xv, yv)
             curve.append([task, step, val])
             # methods that ramp eps (SHIELD) pick their best state only once the ramp is done
             eligible = step >= getattr(method, "best_from_progress", 0.0) * cfg.iterations or step == cfg.iterations
-            if eligible and (best is None or val > best["val"]):
+            if eligible and (best is None or no_val or val > best["val"]):
                 best = {"val": val, "step": step, "method": copy.deepcopy(method.state_dict())}
             atomic_save({"format": "hypercert-continual-run", "config": cfg.to_dict(), "task": task, "step": step,
                           "method": method.state_dict(), "optimizer": opt.state_dict(), "best": best,

@@ -346,3 +346,13 @@ def test_table_without_metrics_for_flag_matrices():
     assert "average accuracy" in m.table()
     bare = m.table(metrics=False)
     assert "average accuracy" not in bare and "BWT" not in bare and "100.00" in bare
+
+
+def test_the_universal_inside_box_flags_get_no_accuracy_metrics():
+    """A 0/1 flag matrix had 'average accuracy', 'bwt' and 'forgetting' in the run summary."""
+    flags = AccuracyMatrix([[1.0, None], [1.0, 0.0]])
+    run = RunResults(AccuracyMatrix([[0.9, None], [0.8, 0.9]]),
+                     matrices={"universal inside box": flags, "universal": AccuracyMatrix([[0.7, None], [0.6, 0.5]])})
+    keys = run.summary()
+    assert not any(k.startswith("universal inside box/") for k in keys)
+    assert "universal/average_accuracy" in keys

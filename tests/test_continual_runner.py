@@ -366,3 +366,15 @@ def test_hint_kappa_schedule_follows_the_iteration_count(tmp_path):
     data["iterations"] = 2000
     _apply(data, *_parse_option("method_options.kappa_decay=0.25"))
     assert follow_iterations(data, explicit={"kappa_decay"})["method_options"]["kappa_decay"] == 0.25
+
+
+def test_without_validation_data_the_latest_state_is_kept(tmp_path):
+    """With val_fraction 0 every check scored 0 and the strict '>' kept the first check's weights,
+    discarding the rest of the task's training."""
+    cfg = RunConfig(method="hnet", benchmark="split-digits", benchmark_options={"num_tasks": 1, "val_fraction": 0.0},
+                    target_options={"hidden": [8]}, iterations=20, eval_every=10, batch_size=16,
+                    method_options={"emb_dim": 4, "hnet_hidden": [8]})
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "run", progress=False, log=lambda s: None, stop_after=lambda t, s: s == 20)
+    best = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["best"]
+    assert best["step"] == 20
