@@ -300,9 +300,8 @@ def print_results(results: RunResults) -> None:
     m = results.task_incremental
     print("\ntask-incremental accuracy matrix A[i, j] (%): row = after training task i, column = task j")
     print(m.table())
-    if "fwt" in m.summary():
-        print(f"FWT {100 * m.summary()['fwt']:+.2f} (A[t-1, t] with task t's untrained embedding, against the "
-              "untrained model's accuracy)")
+    if "fwt" in m.summary():  # the table gives the figure; say what it measures
+        print("(FWT: A[t-1, t] with task t's untrained embedding, against the untrained model's accuracy)")
     print(f"training time {sum(results.train_seconds):.1f} s ("
           + ", ".join(f"{t:.1f}" for t in results.train_seconds) + " s per task)")
     for name, matrix in results.matrices.items():

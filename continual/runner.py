@@ -384,7 +384,10 @@ def run(cfg: RunConfig, out_dir: str | Path, data_dir: str | Path | None = None,
         curve = [list(row) for row in state.get("curve", [])]
         best = state["best"]
         fresh_task = method.hnet.num_tasks <= task
-        log(f"resuming {out}: task {task + 1}/{n_tasks}, iteration {step}/{cfg.iterations}")
+        if task >= n_tasks:
+            log(f"{out}: every task is trained; writing its results again")
+        else:
+            log(f"resuming {out}: task {task + 1}/{n_tasks}, iteration {step}/{cfg.iterations}")
     opt_state = state["optimizer"] if ckpt_path.exists() and not fresh_task else None
     while task < n_tasks:
         if fresh_task:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -179,7 +180,12 @@ def test_cli_trains_resumes_and_prints(tmp_path, capsys):
     assert eval_main([str(tmp_path / "run")]) == 0
     assert "task 4" in capsys.readouterr().out
     # the same command again finds the finished run and reprints it without training
+    capsys.readouterr()
     assert train_main(argv) == 0
+    captured = capsys.readouterr()
+    assert "every task is trained" in captured.err + captured.out and "task 6/5" not in captured.err
+    # the figure once (the table's summary line); the note below it only says what FWT measures
+    assert len(re.findall(r"FWT [+-]\d", captured.out)) == 1
 
 
 @pytest.mark.parametrize(
