@@ -4,9 +4,11 @@
 ``[c_t - r_t, c_t + r_t]`` in the hypernetwork's input space:
 
 * standard mode: ``c_t = e_t`` and ``r_t = eps * softmax(rho_t)`` with a learnable ``rho_t`` per task
-  (the radii of one task sum to ``eps``); ``e_t`` and ``rho_t`` are frozen when the task ends;
+  (the radii of one task sum to ``eps``); ``e_t`` and ``rho_t`` are frozen when the task ends. ``rho_t``
+  starts uniform in [0, 1) as in the HyperInterval code (the later HINT code starts from equal radii);
 * nested mode (``nested=True``): ``c_t = sigma * cos(e_t)`` with ``sigma = eps / (2M)`` and the fixed
-  radius ``eps / M`` per coordinate (``rho_t`` unused). Since ``|c_t| <= sigma`` and ``r_t = 2 sigma``,
+  radius ``eps / M`` per coordinate (``rho_t`` unused; ``sigma`` uses the full ``eps`` throughout, where
+  the public code's ``sigma`` follows the ramped ``eps``). Since ``|c_t| <= sigma`` and ``r_t = 2 sigma``,
   every task box contains ``[-sigma, sigma]^M``: the boxes of all tasks intersect by construction,
   and one *universal* embedding (the midpoint of the intersection) serves every task.
 

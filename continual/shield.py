@@ -25,7 +25,9 @@ gets its own margins, so ``L_spec`` bounds the mixup loss over the box. Upstream
 midpoint of the output box; here it is the clean forward pass of ``x~``, so ``kappa = 1`` is plain
 (MixUp) training. The random draws (``lambda``, the permutation) come from a generator the method owns,
 reseeded at every task start from ``(seed, task)`` and saved in ``state_dict()``, so a resumed run
-draws the same ``lambda`` s as an unbroken one.
+draws the same ``lambda`` s as an unbroken one. The input boxes are clipped to the data domain
+``[lo, hi]`` (default ``[0, 1]``; ``lo=hi=None`` turns it off); upstream's boxes are not clipped, which
+on MNIST (mostly 0 pixels) makes them wider than the inputs can be.
 
 Certification of a trained task goes through :meth:`~continual.methods.ContinualMethod.materialize` and
 :mod:`certify` (rigorous mode available there); :meth:`SHIELD.margins` gives the same IBP margins
