@@ -469,7 +469,7 @@ def _load_cifar(key: str, root: Path, split: str, download: bool) -> Dataset:
                                 f"{spec['archive']}; pass download=True (--download) to fetch them")
     if folder is None:
         folder = _download_and_unpack([_CIFAR_URL + spec["archive"]], archive or root / key / spec["archive"],
-                                      spec["md5"], spec["folder"])
+                                      spec["md5"], spec["folder"], verified=archive is not None)
     parts = [_cifar_batch(folder / name, spec["label_key"]) for name in spec[split]]
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -502,7 +502,7 @@ def _load_tinyimagenet(root: Path, split: str, download: bool) -> Dataset:
                                 f"pass download=True (--download) to fetch it (about 250 MB)")
     if folder is None:
         folder = _download_and_unpack([_TINY["url"]], archive or root / "tinyimagenet" / _TINY["archive"],
-                                      _TINY["md5"], _TINY["folder"])
+                                      _TINY["md5"], _TINY["folder"], verified=archive is not None)
     wnids = _read_wnids(folder / "wnids.txt")
     files, labels = (_tiny_train_files if split == "train" else _tiny_val_files)(folder, wnids)
     images = _read_images(files)
@@ -768,15 +768,14 @@ def _local_archive(root: Path, key: str, name: str, md5: str) -> Path | None:
     return next((a for a in (root / name, root / key / name) if a.is_file() and _md5(a) == md5), None)
 
 
-def _download_and_unpack(urls: Sequence[str], archive: Path, md5: str, folder_name: str) -> Path:
-    """Make sure ``archive`` (verified) is there, then unpack its top folder ``folder_name`` beside it."""
-    if archive.is_file():
-        digest = _md5(archive)
-        if digest != md5:
-            raise ValueError(f"{archive}: MD5 {digest} does not match the published {md5}; delete it to download "
-                             f"again")
-    else:
+def _download_and_unpack(urls: Sequence[str], archive: Path, md5: str, folder_name: str,
+                         verified: bool = False) -> Path:
+    """Make sure ``archive`` (verified) is there, then unpack its top folder ``folder_name`` beside it.
+    ``verified``: the caller has just checked its MD5 (a TinyImageNet archive is 250 MB to hash again)."""
+    if not archive.is_file():
         _download(urls, archive, md5)
+    elif not verified and (digest := _md5(archive)) != md5:
+        raise ValueError(f"{archive}: MD5 {digest} does not match the published {md5}; delete it to download again")
     target = archive.parent / folder_name
     if target.exists():
         raise FileExistsError(f"{target} exists but lacks the expected files; remove it to unpack {archive.name} "

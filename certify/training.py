@@ -423,53 +423,46 @@ def train_certified(
         bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, desc="IBP training",
                    unit="batch", dynamic_ncols=True)
     try:
-        _train_epochs(model, x, y, cfg, opt, start_epoch, steps_per_epoch, history, path, fingerprint, bar, log)
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            perm = torch.randperm(n, generator=gen)
+            t0, sums, count = time.perf_counter(), {"loss": 0.0, "clean_acc": 0.0, "ibp_certified": 0.0}, 0
+            for step in range(steps_per_epoch):
+                at = epoch + step / steps_per_epoch
+                eps, kappa = cfg.eps_at(at), cfg.kappa_at(at)
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr_at(at)
+                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                loss, stats = _regularized_ibp_loss(model, x[idx], y[idx], eps, kappa, cfg)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sums["loss"] += loss.item()
+                for k in ("clean_acc", "ibp_certified"):
+                    sums[k] += stats[k]
+                count += 1
+                if bar is not None:
+                    bar.update(1)
+                    if step % 20 == 0:
+                        bar.set_postfix(eps=f"{eps:.3f}", kappa=f"{kappa:.2f}", loss=f"{loss.item():.3f}")
+            # the eps and kappa of the epoch's last batch (the largest eps it used); the loss and accuracies
+            # are running means over the epoch's training batches, taken before each step
+            record = {"epoch": epoch + 1, "eps": eps, "kappa": kappa,
+                      "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            record.update({k: v / max(count, 1) for k, v in sums.items()})
+            history.append(record)
+            if log is not None:
+                log(record)
+            if path is not None:
+                atomic_save({"format": "hypercert-train-checkpoint", "config": _config_dict(cfg), "data": fingerprint,
+                             "epoch": epoch + 1, "history": history, "model": model.state_dict(),
+                             "optimizer": opt.state_dict()}, path)
     finally:  # also after an error or Ctrl-C: the model is left ready for evaluation
         model.eval()
         if bar is not None:
             bar.close()
     return history
 
-
-def _train_epochs(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                  opt: torch.optim.Optimizer, start_epoch: int, steps_per_epoch: int, history: list[dict[str, Any]],
-                  path: Path | None, fingerprint: dict[str, Any], bar: Any,
-                  log: Callable[[dict[str, Any]], None] | None) -> None:
-    n = x.shape[0]
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(n, generator=gen)
-        t0, sums, count = time.perf_counter(), {"loss": 0.0, "clean_acc": 0.0, "ibp_certified": 0.0}, 0
-        for step in range(steps_per_epoch):
-            at = epoch + step / steps_per_epoch
-            eps, kappa = cfg.eps_at(at), cfg.kappa_at(at)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(at)
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss, stats = _regularized_ibp_loss(model, x[idx], y[idx], eps, kappa, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sums["loss"] += loss.item()
-            for k in ("clean_acc", "ibp_certified"):
-                sums[k] += stats[k]
-            count += 1
-            if bar is not None:
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(eps=f"{eps:.3f}", kappa=f"{kappa:.2f}", loss=f"{loss.item():.3f}")
-        # the eps and kappa of the epoch's last batch (the largest eps it used); the loss and accuracies
-        # are running means over the epoch's training batches, taken before each step
-        record = {"epoch": epoch + 1, "eps": eps, "kappa": kappa,
-                  "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        record.update({k: v / max(count, 1) for k, v in sums.items()})
-        history.append(record)
-        if log is not None:
-            log(record)
-        if path is not None:
-            atomic_save({"format": "hypercert-train-checkpoint", "config": _config_dict(cfg), "data": fingerprint,
-                         "epoch": epoch + 1, "history": history, "model": model.state_dict(),
-                         "optimizer": opt.state_dict()}, path)

@@ -592,17 +592,9 @@ for _name, _fn in (
 Interval.__pos__ = lambda self: self  # type: ignore[attr-defined]
 
 
-def _in_place(func: Any, name: str) -> Callable[[Interval, Any], Interval]:
-    def method(self: Interval, other: Any) -> Interval:
-        return self._assign_inplace(Interval.__torch_function__(func, (Interval,), (self, other), None), name)
-
-    method.__name__ = name
-    return method
-
-
-for _name, _fn in (("__iadd__", torch.Tensor.add), ("__isub__", torch.Tensor.sub), ("__imul__", torch.Tensor.mul),
-                   ("__itruediv__", torch.Tensor.div), ("__ipow__", torch.Tensor.pow)):
-    setattr(Interval, _name, _in_place(_fn, f"Tensor.{_name}"))
+# ``box += t`` and friends: the registered in-place rules (``Tensor.__iadd__`` ... change the box itself)
+for _name in ("__iadd__", "__isub__", "__imul__", "__itruediv__", "__ipow__"):
+    setattr(Interval, _name, _call(getattr(torch.Tensor, _name)))
 
 
 def bind_tensor_methods() -> None:
